@@ -1,0 +1,1 @@
+"""Model registry, files, downloads and the model manager."""

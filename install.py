@@ -1,0 +1,142 @@
+"""Install ICG's missing dependencies and fetch its default weights.
+
+Runs inside the Stable Diffusion WebUI (which executes it with ``import launch`` available) and
+standalone (``python install.py``). It does nothing under ``--skip-install``; set ``ICG_SKIP_WEIGHTS=1``
+to skip the weights. It never fails the WebUI's startup: every error is printed and the exit status is 0.
+The decisions live in ``icg.deps`` and ``icg.models.download``; this file only glues them together.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import traceback
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+DEFAULT_MODELS = (
+    "clip-prefix-flickr8k",
+    "sbg-flickr8k",
+    "sbg-vocabulary",
+    "gpt2-tokenizer",
+    "clip-vit-l-14-openai",
+)
+PREFIX = "[ICG]"
+
+
+def say(message: str) -> None:
+    """Print one line to the console (this is a script; the library only logs)."""
+    print(f"{PREFIX} {message}", flush=True)  # noqa: T201
+
+
+def get_launch():
+    """The WebUI's ``launch`` module, or None when running standalone."""
+    try:
+        import launch
+    except Exception:
+        return None
+    return launch
+
+
+def skip_install(launch) -> bool:
+    """True under ``--skip-install`` (command line or the WebUI's parsed arguments)."""
+    if "--skip-install" in sys.argv:
+        return True
+    args = getattr(launch, "args", None) if launch is not None else None
+    return bool(getattr(args, "skip_install", False))
+
+
+def _flag_value(flag: str) -> str | None:
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def install_dependencies(launch) -> None:
+    """pip-install what ``icg.deps.plan`` reports missing; print its warnings."""
+    from icg import deps
+
+    installed = deps.installed_versions()
+    if launch is not None and hasattr(launch, "is_installed"):
+        for name, version in installed.items():  # metadata can miss what the WebUI sees: ask it too
+            if version is None and launch.is_installed(deps.REQUIREMENTS[name].pip_name):
+                installed[name] = ""
+    plan = deps.plan(installed)
+    for warning in plan.warnings:
+        say(f"warning: {warning}")
+    if plan.nothing_to_install:
+        return
+    say(f"installing {', '.join(plan.install)}")
+    if launch is not None and hasattr(launch, "run_pip"):
+        launch.run_pip(deps.run_pip_command(plan.install), "requirements for ICG (image caption)")
+    else:
+        subprocess.check_call(deps.pip_install_args(plan.install))
+    importlib.invalidate_caches()  # let this process import what pip just installed
+
+
+def webui_models_root(launch) -> str | None:
+    """``<webui models path>/icg`` inside the WebUI (``--icg-models-dir`` wins); None standalone."""
+    chosen = _flag_value("--icg-models-dir")
+    if chosen:
+        return chosen
+    if launch is None:
+        return None
+    try:
+        from modules.paths_internal import models_path
+    except Exception:
+        models_path = os.path.join(os.getcwd(), "models")
+    return os.path.join(models_path, "icg")
+
+
+def fetch_weights(launch) -> None:
+    """Download the default models unless ``ICG_SKIP_WEIGHTS=1``; print manual steps on failure."""
+    if os.environ.get("ICG_SKIP_WEIGHTS", "").strip().lower() in ("1", "true", "yes", "on"):
+        say("ICG_SKIP_WEIGHTS is set: not fetching model weights")
+        return
+    from icg.errors import IcgError
+    from icg.models import download, paths
+
+    root = paths.models_dir(webui_models_root(launch))
+    offline = True if "--icg-offline" in sys.argv else None
+    try:
+        download.download_models(DEFAULT_MODELS, root, offline=offline, progress=sys.stderr.isatty())
+    except IcgError as err:
+        say(f"could not fetch every default model into {root}; captioning needs them:")
+        for line in str(err).splitlines():
+            say(f"  {line}")
+        return
+    say(f"default models are in {root}")
+
+
+def main() -> int:
+    """Install dependencies, then weights. Always returns 0."""
+    logging.basicConfig(level=logging.INFO, format=f"{PREFIX} %(message)s")
+    launch = get_launch()
+    if skip_install(launch):
+        return 0
+    try:
+        install_dependencies(launch)
+    except Exception as err:
+        say(f"could not install dependencies ({err}); install them with: pip install -e {ROOT}")
+        traceback.print_exc()
+    try:
+        fetch_weights(launch)
+    except Exception as err:
+        say(f"could not fetch model weights ({type(err).__name__}: {err})")
+        traceback.print_exc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+elif __name__ == "builtins":  # a host that exec()s this file: run, but never raise SystemExit into it
+    main()

@@ -1,0 +1,390 @@
+"""Downloads against a local HTTP server on 127.0.0.1 and a fake huggingface_hub; no network."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import logging
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+from icg.errors import DownloadError
+from icg.models import download
+from icg.models.registry import load_registry, parse_registry
+
+PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files`` (name -> bytes) with optional ``Range: bytes=N-`` support."""
+
+    def log_message(self, format, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, body_only_headers: bool):
+        server = self.server
+        server.requests.append((self.command, self.path, self.headers.get("Range")))
+        data = server.files.get(self.path.lstrip("/"))
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        header = self.headers.get("Range")
+        if header and server.honour_range and header.startswith("bytes=") and header.endswith("-"):
+            start = int(header[len("bytes=") : -1])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not body_only_headers:
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(False)
+
+    def do_HEAD(self):
+        self._send(True)
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files = {}
+    httpd.requests = []
+    httpd.honour_range = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch):
+    """The conftest sets HF_HUB_OFFLINE=1; tests opt into offline mode explicitly."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ICG_OFFLINE", raising=False)
+
+
+def _url_entry(base: str, *, sha256: str | None = PAYLOAD_SHA, size: int | None = len(PAYLOAD), name="w.bin"):
+    raw = {
+        "id": "tiny-url",
+        "display_name": "Tiny URL model",
+        "kind": "sbg-vocabulary",
+        "description": "test",
+        "files": [name],
+        "sources": [
+            # the registry wants https; the test server is plain http on loopback
+            {"kind": "url", "url": "https://placeholder.invalid/" + name, "filename": name},
+            {"kind": "manual", "url": "https://example.invalid/page", "filename": name},
+        ],
+    }
+    entry = parse_registry({"schema": 1, "models": [raw]})["tiny-url"]
+    patched = dataclasses.replace(entry.sources[0], url=f"{base}/{name}", sha256=sha256, size=size)
+    return dataclasses.replace(entry, sources=(patched, entry.sources[1]))
+
+
+def _hf_entry(optional_missing: bool = False):
+    files = ["config.json", "model.safetensors"]
+    sources = [{"kind": "hf", "repo": "someone/tiny", "filename": f} for f in files]
+    if optional_missing:
+        files.append("extra.json")
+        sources.append({"kind": "hf", "repo": "someone/tiny", "filename": "extra.json", "optional": True})
+    raw = {
+        "id": "tiny-hf",
+        "display_name": "Tiny HF model",
+        "kind": "tokenizer",
+        "description": "test",
+        "files": files,
+        "sources": sources,
+    }
+    return parse_registry({"schema": 1, "models": [raw]})["tiny-hf"]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A stand-in ``huggingface_hub`` module recording hf_hub_download calls."""
+    calls = []
+    module = types.ModuleType("huggingface_hub")
+
+    def hf_hub_download(repo_id, filename, *, revision=None, local_dir=None, **kwargs):
+        calls.append(
+            {"repo_id": repo_id, "filename": filename, "revision": revision, "local_dir": local_dir, **kwargs}
+        )
+        if filename == "extra.json":
+            raise FileNotFoundError("404 Client Error: Entry Not Found for url")
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"content of {filename}")
+        return str(path)
+
+    module.hf_hub_download = hf_hub_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", module)
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_sha256_and_verify(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(PAYLOAD)
+    assert download.sha256_file(path) == PAYLOAD_SHA
+    assert download.verify_file(path, PAYLOAD_SHA) == PAYLOAD_SHA
+    assert download.verify_file(path, None) is None
+    with pytest.raises(DownloadError) as info:
+        download.verify_file(path, "0" * 64)
+    assert "0" * 64 in str(info.value) and PAYLOAD_SHA in str(info.value) and str(path) in str(info.value)
+
+
+def test_url_download_verifies_and_renames(server, tmp_path, caplog):
+    server.files["w.bin"] = PAYLOAD
+    entry = _url_entry(server.base)
+    assert not download.present(entry, tmp_path)
+    with caplog.at_level(logging.INFO, logger="icg"):
+        folder = download.download_model(entry, tmp_path, progress=False)
+    assert folder == tmp_path / "tiny-url"
+    assert (folder / "w.bin").read_bytes() == PAYLOAD
+    assert not (folder / "w.bin.part").exists()
+    assert download.present(entry, tmp_path)
+    assert download.local_size(entry, tmp_path) == len(PAYLOAD)
+    assert "1.0 MB" in caplog.text  # the total is announced before starting
+    # a second call finds the file and touches no server
+    count = len(server.requests)
+    download.download_model(entry, tmp_path, progress=False)
+    assert len(server.requests) == count
+
+
+def test_url_download_with_progress_bar(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    download.download_model(_url_entry(server.base), tmp_path, progress=True)
+    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_resume_sends_range_and_appends(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    part = tmp_path / "tiny-url" / "w.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD[:1000])
+    download.download_model(_url_entry(server.base), tmp_path, progress=False)
+    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
+    gets = [r for r in server.requests if r[0] == "GET"]
+    assert gets == [("GET", "/w.bin", "bytes=1000-")]
+
+
+def test_server_ignoring_range_restarts(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    server.honour_range = False
+    part = tmp_path / "tiny-url" / "w.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"garbage that must not survive")
+    download.download_model(_url_entry(server.base), tmp_path, progress=False)
+    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_complete_part_file_is_finished(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    part = tmp_path / "tiny-url" / "w.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD)  # the server answers 416 to bytes=<size>-
+    download.download_model(_url_entry(server.base), tmp_path, progress=False)
+    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_sha_mismatch_deletes_and_names_everything(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    wrong = "0" * 64
+    entry = _url_entry(server.base, sha256=wrong, size=None)
+    with pytest.raises(DownloadError) as info:
+        download.download_model(entry, tmp_path, progress=False)
+    text = str(info.value)
+    assert "w.bin" in text and wrong in text and PAYLOAD_SHA in text
+    assert not (tmp_path / "tiny-url" / "w.bin").exists()
+    assert not (tmp_path / "tiny-url" / "w.bin.part").exists()
+
+
+def test_size_mismatch_is_an_error(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    entry = _url_entry(server.base, sha256=None, size=len(PAYLOAD) + 1)
+    with pytest.raises(DownloadError, match="size mismatch"):
+        download.download_model(entry, tmp_path, progress=False)
+
+
+def test_http_error_and_unreachable(server, tmp_path):
+    entry = _url_entry(server.base)  # nothing served: 404
+    with pytest.raises(DownloadError) as info:
+        download.download_model(entry, tmp_path, progress=False)
+    text = str(info.value)
+    assert "HTTP 404" in text and f"{server.base}/w.bin" in text
+    assert "python -m icg import FILE --as tiny-url" in text
+
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(DownloadError) as info:
+        download.download_model(entry, tmp_path, progress=False)
+    text = str(info.value)
+    assert "w.bin" in text and f"{server.base}/w.bin" in text and "python -m icg import" in text
+
+
+@pytest.mark.parametrize("how", ["argument", "ICG_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_refuses_with_one_clear_message(server, tmp_path, monkeypatch, how):
+    server.files["w.bin"] = PAYLOAD
+    entry = _url_entry(server.base)
+    offline = None
+    if how == "argument":
+        offline = True
+    else:
+        monkeypatch.setenv(how, "1")
+    with pytest.raises(DownloadError) as info:
+        download.download_model(entry, tmp_path, offline=offline, progress=False)
+    text = str(info.value)
+    assert "offline" in text
+    assert "w.bin" in text and f"{server.base}/w.bin" in text
+    assert "python -m icg import FILE --as tiny-url" in text
+    assert "https://example.invalid/page" in text  # the manual page
+    assert "\n" not in text
+    assert server.requests == []
+    assert not (tmp_path / "tiny-url").exists()
+
+
+def test_offline_is_fine_when_files_are_present(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICG_OFFLINE", "1")
+    entry = _url_entry("http://127.0.0.1:9")
+    (tmp_path / "tiny-url").mkdir()
+    (tmp_path / "tiny-url" / "w.bin").write_bytes(b"x")
+    assert download.download_model(entry, tmp_path) == tmp_path / "tiny-url"
+
+
+def test_manual_only_entry(tmp_path):
+    entry = load_registry()["clipcap-coco-mlp"]
+    with pytest.raises(DownloadError) as info:
+        download.download_model(entry, tmp_path, offline=False)
+    text = str(info.value)
+    assert "https://drive.google.com/file/d/1IdaBtMSvtyzF0ByVaBHtvM0JYSXRExRX" in text
+    assert "python -m icg import FILE --as clipcap-coco-mlp" in text
+    assert "automatically" in text and "ClipCap (COCO, MLP)" in text
+
+
+def test_hf_download_passes_repo_filename_local_dir(fake_hub, tmp_path):
+    entry = _hf_entry()
+    folder = download.download_model(entry, tmp_path, offline=False, progress=False)
+    assert folder == tmp_path / "tiny-hf"
+    assert [(c["repo_id"], c["filename"], c["local_dir"]) for c in fake_hub] == [
+        ("someone/tiny", "config.json", str(folder)),
+        ("someone/tiny", "model.safetensors", str(folder)),
+    ]
+    assert all("local_dir_use_symlinks" not in c for c in fake_hub)
+    assert download.present(entry, tmp_path)
+
+
+def test_hf_optional_file_may_be_missing(fake_hub, tmp_path):
+    entry = _hf_entry(optional_missing=True)
+    download.download_model(entry, tmp_path, offline=False, progress=False)
+    assert download.present(entry, tmp_path)
+    assert not (tmp_path / "tiny-hf" / "extra.json").exists()
+    # once the required files are there, the optional one is not retried
+    calls = len(fake_hub)
+    download.download_model(entry, tmp_path, offline=False, progress=False)
+    assert len(fake_hub) == calls
+
+
+def test_hf_offline_never_calls_the_hub(fake_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError) as info:
+        download.download_model(_hf_entry(), tmp_path)
+    assert fake_hub == []
+    text = str(info.value)
+    assert "https://huggingface.co/someone/tiny/resolve/main/config.json" in text
+    assert "python -m icg import FILE --as tiny-hf" in text
+
+
+def test_hf_errors_become_download_errors(monkeypatch, tmp_path):
+    module = types.ModuleType("huggingface_hub")
+
+    def hf_hub_download(**kwargs):
+        raise ConnectionError("Max retries exceeded")
+
+    module.hf_hub_download = hf_hub_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", module)
+    with pytest.raises(DownloadError) as info:
+        download.download_model(_hf_entry(), tmp_path, offline=False)
+    text = str(info.value)
+    assert "ConnectionError" in text and "config.json" in text and "python -m icg import" in text
+
+
+def test_download_models_totals_and_collects_failures(server, fake_hub, tmp_path, caplog):
+    server.files["w.bin"] = PAYLOAD
+    url_entry = _url_entry(server.base)
+    manual = load_registry()["clipcap-coco-mlp"]
+    with caplog.at_level(logging.INFO, logger="icg"), pytest.raises(DownloadError) as info:
+        download.download_models([url_entry, _hf_entry(), manual], tmp_path, offline=False, progress=False)
+    assert "3 model(s)" in caplog.text and "in total" in caplog.text
+    assert "clipcap-coco-mlp" in str(info.value)
+    # the others were still fetched
+    assert download.present(url_entry, tmp_path) and download.present(_hf_entry(), tmp_path)
+    done = download.download_models([url_entry, _hf_entry()], tmp_path, offline=False, progress=False)
+    assert set(done) == {"tiny-url", "tiny-hf"}
+
+
+def test_download_models_accepts_ids(tmp_path):
+    with pytest.raises(DownloadError, match="clipcap-conceptual-mlp"):
+        download.download_models(["clipcap-conceptual-mlp"], tmp_path, offline=True)
+
+
+def test_sizes_for_listing():
+    entries = load_registry()
+    assert download.expected_size(entries["sbg-vocabulary"]) == 107881 + 51281
+    assert download.expected_size(entries["clip-prefix-flickr8k"]) is None
+    assert download.format_size(None) == "unknown size"
+    assert download.format_size(512) == "512 B"
+    assert download.format_size(1536) == "1.5 KB"
+    assert download.format_size(3 * 1024**3) == "3.0 GB"
+
+
+def test_offline_reason(monkeypatch):
+    monkeypatch.setenv("ICG_OFFLINE", "0")
+    assert download.offline_reason() is None
+    monkeypatch.setenv("ICG_OFFLINE", "true")
+    assert "ICG_OFFLINE" in download.offline_reason()
+    assert download.offline_reason(False) is None
+    assert download.is_offline(True)
+
+
+def test_import_is_cheap():
+    import subprocess
+
+    code = (
+        "import sys, icg.models.download, icg.models.registry, icg.models.paths, icg.deps;"
+        "bad = [m for m in ('huggingface_hub', 'torch', 'transformers', 'tqdm') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hf_kwargs_fit_the_installed_hub():
+    hub = pytest.importorskip("huggingface_hub")
+    import inspect
+
+    signature = inspect.signature(hub.hf_hub_download)
+    signature.bind(repo_id="a/b", filename="f", local_dir="/tmp/x", revision="main")
+    assert callable(hub.get_hf_file_metadata) and callable(hub.hf_hub_url)
