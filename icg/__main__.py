@@ -1,0 +1,5 @@
+import sys
+
+from icg.cli import main
+
+sys.exit(main())

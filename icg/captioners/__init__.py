@@ -1,0 +1,1 @@
+"""Captioners: CLIP features in, ``CaptionResult`` out. They never see an image."""
