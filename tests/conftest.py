@@ -1,0 +1,35 @@
+"""Test-wide guards: CPU only, offline, and no socket leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Fail any test that tries to reach beyond the loopback interface."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in _LOCAL_HOSTS and not host.startswith("127."):
+            raise OSError(f"tests may not use the network (tried to connect to {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def fixture_files(tmp_path_factory) -> dict[str, str]:
+    """The tiny models written once per session in the real on-disk formats (see tests/fixtures.py)."""
+    from tests.fixtures import write_all
+
+    return write_all(tmp_path_factory.mktemp("fixtures"))
