@@ -2,7 +2,10 @@
 
 Runs inside the Stable Diffusion WebUI (which executes it with ``import launch`` available) and
 standalone (``python install.py``). It does nothing under ``--skip-install``; set ``ICG_SKIP_WEIGHTS=1``
-to skip the weights. It never fails the WebUI's startup: every error is printed and the exit status is 0.
+to skip the weights. The weights are fetched and converted exactly as ``python -m icg download`` does
+(``.pt`` checkpoints and the vocabulary pickles become safetensors + JSON; ``--icg-keep-original`` keeps
+the originals; ``--icg-offline`` uses only files already on the machine). It never fails the WebUI's
+startup: every error is printed with the manual steps, and the exit status is 0.
 The decisions live in ``icg.deps`` and ``icg.models.download``; this file only glues them together.
 """
 
@@ -107,8 +110,11 @@ def fetch_weights(launch) -> None:
 
     root = paths.models_dir(webui_models_root(launch))
     offline = True if "--icg-offline" in sys.argv else None
+    keep = "--icg-keep-original" in sys.argv
     try:
-        download.download_models(DEFAULT_MODELS, root, offline=offline, progress=sys.stderr.isatty())
+        download.download_models(
+            DEFAULT_MODELS, root, offline=offline, progress=sys.stderr.isatty(), keep_original=keep
+        )
     except IcgError as err:
         say(f"could not fetch every default model into {root}; captioning needs them:")
         for line in str(err).splitlines():

@@ -19,6 +19,7 @@ from icg.models.registry import load_registry, parse_registry
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+REAL_PROBE = download.probe_origin
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -77,9 +78,21 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _online(monkeypatch):
-    """The conftest sets HF_HUB_OFFLINE=1; tests opt into offline mode explicitly."""
+    """The conftest sets HF_HUB_OFFLINE=1; tests opt into offline mode explicitly. The one-request
+    reachability probe of the Hugging Face endpoint is told the hub answers (tests opt out)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("ICG_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    probes = []
+
+    def probe(origin, timeout=download.PROBE_TIMEOUT_S):
+        probes.append(origin)
+        return None
+
+    monkeypatch.setattr(download, "probe_origin", probe)
+    download.forget_unreachable()
+    yield probes
+    download.forget_unreachable()
 
 
 def _url_entry(base: str, *, sha256: str | None = PAYLOAD_SHA, size: int | None = len(PAYLOAD), name="w.bin"):
@@ -117,10 +130,14 @@ def _hf_entry(optional_missing: bool = False):
     return parse_registry({"schema": 1, "models": [raw]})["tiny-hf"]
 
 
+class _Calls(list):
+    module: types.ModuleType
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     """A stand-in ``huggingface_hub`` module recording hf_hub_download calls."""
-    calls = []
+    calls = _Calls()
     module = types.ModuleType("huggingface_hub")
 
     def hf_hub_download(repo_id, filename, *, revision=None, local_dir=None, **kwargs):
@@ -129,13 +146,20 @@ def fake_hub(monkeypatch):
         )
         if filename == "extra.json":
             raise FileNotFoundError("404 Client Error: Entry Not Found for url")
+        if kwargs.get("local_files_only"):
+            cached = module.cache.get((repo_id, filename))
+            if cached is None:
+                raise FileNotFoundError("Cannot find the requested files in the disk cache")
+            return str(cached)
         path = Path(local_dir) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"content of {filename}")
         return str(path)
 
     module.hf_hub_download = hf_hub_download
+    module.cache = {}  # (repo, filename) -> path: what the hub's own cache holds
     monkeypatch.setitem(sys.modules, "huggingface_hub", module)
+    calls.module = module
     return calls
 
 
@@ -304,14 +328,66 @@ def test_hf_optional_file_may_be_missing(fake_hub, tmp_path):
     assert len(fake_hub) == calls
 
 
-def test_hf_offline_never_calls_the_hub(fake_hub, tmp_path, monkeypatch):
+def test_hf_offline_only_looks_in_the_hub_cache(fake_hub, tmp_path, monkeypatch, _online):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError) as info:
         download.download_model(_hf_entry(), tmp_path)
-    assert fake_hub == []
+    assert fake_hub and all(c["local_files_only"] and c["local_dir"] is None for c in fake_hub)
+    assert _online == []  # no network probe either
     text = str(info.value)
+    assert "offline" in text and "\n" not in text
     assert "https://huggingface.co/someone/tiny/resolve/main/config.json" in text
-    assert "python -m icg import FILE --as tiny-hf" in text
+    assert "python -m icg import FOLDER --as tiny-hf" in text
+    assert not (tmp_path / "tiny-hf").exists()
+
+
+def test_hf_offline_copies_from_the_hub_cache(fake_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (cache / name).write_text(f"cached {name}")
+        fake_hub.module.cache[("someone/tiny", name)] = cache / name
+    folder = download.download_model(_hf_entry(), tmp_path / "models")
+    assert (folder / "model.safetensors").read_text() == "cached model.safetensors"
+    assert download.present(_hf_entry(), tmp_path / "models")
+
+
+def test_unreachable_hub_fails_fast_once_per_host(fake_hub, tmp_path, monkeypatch, _online):
+    def unreachable(origin, timeout=download.PROBE_TIMEOUT_S):
+        _online.append(origin)
+        return "unreachable ([Errno -2] Name or service not known)"
+
+    monkeypatch.setattr(download, "probe_origin", unreachable)
+    other = dataclasses.replace(_hf_entry(), id="tiny-hf2")
+    with pytest.raises(DownloadError) as info:
+        download.download_models([_hf_entry(), other], tmp_path, offline=False, progress=False)
+    assert [c for c in fake_hub if not c.get("local_files_only")] == []  # the slow hub call never ran
+    assert _online == ["https://huggingface.co"]  # one probe for every file of both models
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert "config.json" in lines[0] and "Name or service not known" in lines[0]
+    assert "https://huggingface.co/someone/tiny/resolve/main/config.json" in lines[0]
+    assert "python -m icg import FOLDER --as tiny-hf" in lines[0]
+    assert not (tmp_path / "tiny-hf").exists()  # the folder a failed download created is gone
+
+
+def test_unreachable_url_host_is_remembered(server, tmp_path):
+    entry = _url_entry(server.base)
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(DownloadError, match="unreachable"):
+        download.download_model(entry, tmp_path, progress=False)
+    assert download.unreachable_reason(server.base + "/x") is not None
+    download.forget_unreachable()
+
+
+def test_probe_origin_reports_any_http_answer_as_reachable(server):
+    assert REAL_PROBE(server.base) is None  # a 404 for "/" is an answer
+    server.shutdown()
+    server.server_close()
+    reason = REAL_PROBE(server.base, timeout=2)
+    assert reason is not None and "unreachable" in reason
 
 
 def test_hf_errors_become_download_errors(monkeypatch, tmp_path):

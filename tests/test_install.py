@@ -339,3 +339,43 @@ def test_models_dir_flag(install_module, monkeypatch, tmp_path):
     assert install_module.webui_models_root(object()) == str(tmp_path / "m")
     monkeypatch.setattr(sys, "argv", ["install.py"])
     assert install_module.webui_models_root(None) is None
+
+
+def test_default_weights_are_fetched_and_converted(install_module, monkeypatch, tmp_path, capsys):
+    from tests.model_fixtures import install_fake_hub, use_test_registry
+
+    use_test_registry(monkeypatch, tmp_path)
+    install_fake_hub(monkeypatch)
+    for var in ("HF_HUB_OFFLINE", "ICG_OFFLINE", "ICG_SKIP_WEIGHTS"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("ICG_HOME", str(home))
+    monkeypatch.setattr(
+        install_module, "DEFAULT_MODELS", ("tiny-prefix", "tiny-vocabulary", "tiny-tokenizer", "tiny-clip")
+    )
+    install_module.fetch_weights(None)
+    assert f"default models are in {home}" in capsys.readouterr().out
+    assert sorted(p.name for p in (home / "tiny-prefix").iterdir() if p.is_file()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    assert sorted(p.name for p in (home / "tiny-vocabulary").iterdir() if p.is_file()) == ["vocabulary.json"]
+
+
+def test_unreachable_weights_print_manual_steps(install_module, monkeypatch, tmp_path, capsys):
+    from icg.models import download
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ICG_OFFLINE", raising=False)
+    monkeypatch.delenv("ICG_SKIP_WEIGHTS", raising=False)
+    monkeypatch.setenv("ICG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(download, "probe_origin", lambda origin, timeout=0: "unreachable (no route to host)")
+    download.forget_unreachable()
+    monkeypatch.setattr(install_module, "get_launch", lambda: None)
+    monkeypatch.setattr(install_module, "install_dependencies", lambda launch: None)
+    assert install_module.main() == 0
+    out = capsys.readouterr().out
+    assert "could not fetch every default model" in out
+    assert "python -m icg import FILE --as clip-prefix-flickr8k" in out
+    assert "https://huggingface.co/Anshler/clip-prefix/resolve/main/flickr8k_gradient.pt" in out
+    download.forget_unreachable()

@@ -215,3 +215,81 @@ def test_load_registry_from_custom_path(tmp_path):
     assert list(entries) == ["tiny"]
     source = entries["tiny"].sources[0]
     assert source == ModelSource(kind="url", url="https://example.invalid/a.json", filename="a.json")
+
+
+def test_converted_entries_install_safetensors_and_json():
+    entries = load_registry()
+    prefix = entries["clip-prefix-flickr8k"]
+    assert prefix.files == ("config.json", "model.safetensors") == prefix.required_files
+    assert prefix.convert_from == ("flickr8k_gradient.pt",) == prefix.required_downloads
+    assert prefix.converted and prefix.download_files == ("flickr8k_gradient.pt",)
+    vocab = entries["sbg-vocabulary"]
+    assert vocab.files == ("vocabulary.json",)
+    assert set(vocab.convert_from) == {"all_labels.pkl", "encyclopedia.pkl"}
+    for manual in ("clipcap-coco-mlp", "clipcap-conceptual-mlp"):
+        assert entries[manual].files == ("config.json", "model.safetensors") and entries[manual].converted
+    sbg = entries["sbg-flickr8k"]
+    assert not sbg.converted and sbg.download_files == sbg.files
+
+
+def _prefix_entry(**overrides):
+    data = _entry(
+        kind="clip-prefix",
+        clip={"arch": "ViT-B-32", "pretrained": "openai"},
+        prefix_length=10,
+        files=["config.json", "model.safetensors"],
+        convert_from=["w.pt"],
+        sources=[{"kind": "url", "url": "https://example.invalid/w.pt", "filename": "w.pt"}],
+    )
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kind": "sbg"}, "can't have 'convert_from'"),
+        ({"files": ["model.safetensors"]}, "installs ['config.json', 'model.safetensors']"),
+        ({"convert_from": ["w.pt", "x.pt"]}, "reads one file"),
+        ({"convert_from": []}, "non-empty list"),
+        ({"convert_from": ["../w.pt"]}, "relative"),
+        (
+            {"sources": [{"kind": "url", "url": "https://example.invalid/a", "filename": "config.json"}]},
+            "not listed in 'convert_from'",
+        ),
+        (
+            {
+                "sources": [
+                    {
+                        "kind": "url",
+                        "url": "https://example.invalid/w.pt",
+                        "filename": "w.pt",
+                        "optional": True,
+                    }
+                ]
+            },
+            "can't be 'optional'",
+        ),
+    ],
+)
+def test_convert_from_validation(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        parse_registry(_registry(_prefix_entry(**overrides)))
+    assert message in str(info.value) and "'tiny'" in str(info.value)
+
+
+def test_vocabulary_conversion_needs_the_published_names():
+    entry = _entry(
+        kind="sbg-vocabulary",
+        files=["vocabulary.json"],
+        convert_from=["labels.pkl", "encyclopedia.pkl"],
+        sources=[
+            {"kind": "url", "url": "https://example.invalid/a", "filename": "labels.pkl"},
+            {"kind": "url", "url": "https://example.invalid/b", "filename": "encyclopedia.pkl"},
+        ],
+    )
+    with pytest.raises(ConfigError, match="reads \\['all_labels.pkl', 'encyclopedia.pkl'\\]"):
+        parse_registry(_registry(entry))
+    ok = parse_registry(_registry(_prefix_entry()))["tiny"]
+    assert ok.required_files == ("config.json", "model.safetensors") and ok.required_downloads == ("w.pt",)
+    assert parse_registry(_registry(ok.to_dict()))["tiny"] == ok

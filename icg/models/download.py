@@ -1,11 +1,20 @@
-"""Fetching model files into the models folder, checking them, and telling what is installed.
+"""Fetching model files into the models folder, checking them, converting them, and telling what is
+installed.
 
 * ``hf`` sources go through ``huggingface_hub.hf_hub_download`` with ``local_dir`` = the model folder, so
-  the files land there under their own names (resume, the hub's cache and ``HF_HUB_OFFLINE`` are the
-  hub's business). huggingface_hub is imported only when something is downloaded.
+  the files land there under their own names (resume and the hub's cache are the hub's business).
+  huggingface_hub is imported only when something is downloaded. Offline, or with the hub unreachable,
+  a file already in the Hugging Face cache is still copied in (``local_files_only``).
 * ``url`` sources are plain HTTPS downloads with ``urllib``: written to ``<file>.part``, resumed with a
   ``Range`` request when a ``.part`` exists (a full download when the server ignores it), checked
   against the registry's size and sha256 where known, then renamed into place.
+* Before the first file from a host, the host is probed once with one short HEAD request (the hub client
+  itself retries an unreachable host for ~25 s per file); an unreachable host is remembered for a minute
+  and fails every file at once, so an offline machine gets its answer in well under a second.
+* Entries with ``convert_from`` (a torch ``.pt`` state_dict, the SBG vocabulary pickles) are converted
+  once after the download (``icg.models.importer.convert_downloaded``: safetensors + JSON, the originals
+  deleted unless ``keep_original``). Inputs already in the model folder (copied there by hand, or kept)
+  are converted without any network.
 * Offline (the ``offline`` argument, ``ICG_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``), an unreachable server,
   or a manual-only model: ``DownloadError`` with one message naming the file, its URL and the manual
   alternative (``python -m icg import FILE --as <id>``).
@@ -21,16 +30,28 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from icg.__version__ import __version__
-from icg.errors import DownloadError
+from icg.errors import DownloadError, IcgError
 from icg.models.paths import ensure_dir, model_dir
-from icg.models.registry import ModelEntry, ModelSource, resolve_entries
+from icg.models.registry import (
+    HF_ENDPOINT,
+    RESERVED_IDS,
+    ModelEntry,
+    ModelSource,
+    load_registry,
+    resolve_entries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +59,8 @@ OFFLINE_ENV_VARS = ("ICG_OFFLINE", "HF_HUB_OFFLINE")
 IMPORT_COMMAND = "python -m icg import FILE --as {id}"
 HTTP_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
+UNREACHABLE_TTL_S = 60.0  # how long an unreachable host is remembered
+AUTO_KINDS = ("hf", "url")
 CHUNK_SIZE = 1 << 20
 USER_AGENT = f"icg/{__version__} (+https://github.com/Anshler/ICG_sd_extension)"
 
@@ -136,8 +159,10 @@ def _describe_total(known: int, unknown: int) -> str:
 
 
 def expected_size(entry: ModelEntry) -> int | None:
-    """Bytes the model's required files take once downloaded; ``None`` if any size is unknown."""
-    known, unknown = _sum_sizes(entry, entry.required_files)
+    """Bytes a download of the model's required files takes; ``None`` if any size is unknown.
+
+    For a converted entry these are the downloaded originals (the converted files are about as big)."""
+    known, unknown = _sum_sizes(entry, entry.required_downloads)
     return None if unknown else known
 
 
@@ -151,15 +176,25 @@ def missing_files(entry: ModelEntry, root: str | os.PathLike[str]) -> list[str]:
     return [f for f in entry.required_files if not file_path(entry, root, f).is_file()]
 
 
+def missing_downloads(entry: ModelEntry, root: str | os.PathLike[str]) -> list[str]:
+    """The required downloaded files of ``entry`` (``convert_from`` or ``files``) not in its folder."""
+    return [f for f in entry.required_downloads if not file_path(entry, root, f).is_file()]
+
+
 def present(entry: ModelEntry, root: str | os.PathLike[str]) -> bool:
-    """True when every required file of ``entry`` is in its folder."""
+    """True when every required installed file of ``entry`` (converted ones included) is in its folder."""
     return not missing_files(entry, root)
 
 
+def ready_to_convert(entry: ModelEntry, root: str | os.PathLike[str]) -> bool:
+    """True when a converted entry is not installed yet but its originals are in its folder."""
+    return entry.converted and not present(entry, root) and not missing_downloads(entry, root)
+
+
 def local_size(entry: ModelEntry, root: str | os.PathLike[str]) -> int:
-    """Bytes the model's files take on disk now (files that exist; 0 when none do)."""
+    """Bytes the model's files take on disk now (files that exist, kept originals included; 0 if none)."""
     total = 0
-    for name in entry.files:
+    for name in dict.fromkeys(entry.files + entry.convert_from):
         path = file_path(entry, root, name)
         with contextlib.suppress(OSError):
             if path.is_file():
@@ -175,7 +210,7 @@ def manual_instructions(
     entry: ModelEntry, root: str | os.PathLike[str], files: Iterable[str] | None = None
 ) -> str:
     """How a person installs ``entry`` by hand: where to get the file(s) and the import command."""
-    names = list(files) if files is not None else list(entry.required_files)
+    names = list(files) if files is not None else list(entry.required_downloads)
     folder = model_dir(entry, root)
     direct = [
         f"{name} from {entry.sources_for(name)[0].download_url}" for name in names if entry.sources_for(name)
@@ -190,12 +225,75 @@ def manual_instructions(
     else:
         get = "get " + ", ".join(names)
     command = IMPORT_COMMAND.format(id=entry.id)
+    if len(entry.required_downloads) > 1:  # import takes the folder holding them all
+        command = command.replace(" FILE ", " FOLDER ")
     copy = ", ".join(names) if names else "the files"
     return f"To install it by hand, {get}, then run: {command} (or copy {copy} into {folder})."
 
 
 def _label(entry: ModelEntry, capital: bool = False) -> str:
     return f"{'Model' if capital else 'model'} '{entry.id}' ({entry.display_name})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reachability: one quick probe per host instead of a client's long retry loop per file
+
+_UNREACHABLE: dict[str, tuple[float, str]] = {}
+_UNREACHABLE_LOCK = threading.Lock()
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def hf_endpoint() -> str:
+    """The Hugging Face endpoint in use (``$HF_ENDPOINT`` for a mirror, else huggingface.co)."""
+    return (os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+
+
+def _known_unreachable(url: str) -> str | None:
+    origin = _origin(url)
+    with _UNREACHABLE_LOCK:
+        seen = _UNREACHABLE.get(origin)
+        if seen is not None and time.monotonic() - seen[0] < UNREACHABLE_TTL_S:
+            return seen[1]
+        _UNREACHABLE.pop(origin, None)
+    return None
+
+
+def _mark_unreachable(url: str, reason: str) -> None:
+    with _UNREACHABLE_LOCK:
+        _UNREACHABLE[_origin(url)] = (time.monotonic(), reason)
+
+
+def forget_unreachable() -> None:
+    """Forget which hosts were found unreachable (they are otherwise remembered for a minute)."""
+    with _UNREACHABLE_LOCK:
+        _UNREACHABLE.clear()
+
+
+def probe_origin(origin: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """One HEAD request to ``origin`` without retries: ``None`` when a server answered (any HTTP
+    status), else why not. Honours the proxy environment variables, as the download clients do."""
+    try:
+        with _open(origin + "/", 0, method="HEAD", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return _http_reason(err)
+
+
+def unreachable_reason(url: str) -> str | None:
+    """Why the host of ``url`` can't be reached now (probed once, remembered for a minute), or None."""
+    reason = _known_unreachable(url)
+    if reason is not None:
+        return reason
+    reason = probe_origin(_origin(url))
+    if reason is not None:
+        _mark_unreachable(url, reason)
+    return reason
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,8 +310,62 @@ def _hub() -> Any:
     return huggingface_hub
 
 
+def _copy_into(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary name, so ``dest`` is never half written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.copy")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _verified(dest: Path, source: ModelSource) -> Path:
+    try:
+        verify_file(dest, source.sha256)
+    except DownloadError as err:
+        dest.unlink(missing_ok=True)
+        raise DownloadError(f"{err} (file deleted)") from None
+    return dest
+
+
+def _hf_cached(source: ModelSource) -> Path | None:
+    """The file from the Hugging Face cache, without any network; None when it is not there."""
+    try:
+        hub = _hub()
+        kwargs: dict[str, Any] = {
+            "repo_id": source.repo,
+            "filename": source.filename,
+            "local_files_only": True,
+        }
+        if source.revision:
+            kwargs["revision"] = source.revision
+        path = Path(hub.hf_hub_download(**kwargs))
+    except Exception:  # not cached, or no hub at all: both mean "not available offline"
+        return None
+    return path if path.is_file() else None
+
+
+def _from_hf_cache(source: ModelSource, folder: Path) -> Path | None:
+    cached = _hf_cached(source)
+    if cached is None:
+        return None
+    dest = folder / str(source.filename)
+    logger.info("Copying %s from the Hugging Face cache (%s)", source.filename, cached)
+    _copy_into(cached, dest)
+    return _verified(dest, source)
+
+
 def _fetch_hf(source: ModelSource, folder: Path) -> Path:
     hub = _hub()
+    reason = unreachable_reason(hf_endpoint())
+    if reason is not None:
+        cached = _from_hf_cache(source, folder)
+        if cached is not None:
+            return cached
+        raise DownloadError(reason)
     kwargs: dict[str, Any] = {"repo_id": source.repo, "filename": source.filename, "local_dir": str(folder)}
     if source.revision:
         kwargs["revision"] = source.revision
@@ -225,14 +377,8 @@ def _fetch_hf(source: ModelSource, folder: Path) -> Path:
     if not dest.is_file():
         if not returned.is_file():
             raise DownloadError(f"the hub returned {returned}, which is not a file")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(returned.read_bytes())
-    try:
-        verify_file(dest, source.sha256)
-    except DownloadError:
-        dest.unlink(missing_ok=True)
-        raise
-    return dest
+        _copy_into(returned, dest)
+    return _verified(dest, source)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +420,9 @@ def _http_reason(err: BaseException) -> str:
 
 def _fetch_url(source: ModelSource, folder: Path, progress: bool) -> Path:
     url, name = str(source.url), str(source.filename)
+    reason = unreachable_reason(url)
+    if reason is not None:
+        raise DownloadError(reason)
     dest = folder / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -292,6 +441,8 @@ def _fetch_url(source: ModelSource, folder: Path, progress: bool) -> Path:
                 continue
             raise DownloadError(_http_reason(err)) from err
         except (urllib.error.URLError, OSError, ValueError) as err:
+            if not isinstance(err, ValueError):
+                _mark_unreachable(url, _http_reason(err))
             raise DownloadError(_http_reason(err)) from err
         with response:
             status = getattr(response, "status", None) or response.getcode()
@@ -345,6 +496,9 @@ def _fetch_url(source: ModelSource, folder: Path, progress: bool) -> Path:
 
 def _probe_size(source: ModelSource) -> int | None:
     """Best effort: the remote size of a file, or ``None`` (never raises)."""
+    url = hf_endpoint() if source.kind == "hf" else str(source.url)
+    if source.kind not in AUTO_KINDS or unreachable_reason(url) is not None:
+        return None
     try:
         if source.kind == "hf":
             import huggingface_hub as hub
@@ -381,60 +535,164 @@ def _fetch_file(entry: ModelEntry, root: Path, folder: Path, name: str, progress
         logger.info("Optional file %s of %s is not available; continuing without it", name, entry.id)
         return None
     tried = "; ".join(failures) if failures else "it has no automatic source"
+    missing = [f for f in entry.required_downloads if f == name or not file_path(entry, root, f).is_file()]
     raise DownloadError(
         f"Could not download {name} for {_label(entry)}: tried {tried}. "
-        + manual_instructions(entry, root, [name])
+        + manual_instructions(entry, root, missing)
     )
 
 
-def _download(entry: ModelEntry, root: Path, offline: bool | None, progress: bool, announce: bool) -> Path:
+def _convert(entry: ModelEntry, folder: Path, keep_original: bool) -> None:
+    try:
+        from icg.models.importer import convert_downloaded
+
+        convert_downloaded(entry, folder, keep_original=keep_original)
+    except ImportError as err:
+        raise DownloadError(
+            f"Can't convert {', '.join(entry.convert_from)} of {_label(entry)}: {err} "
+            "(install the dependencies first: python install.py)"
+        ) from err
+    except DownloadError:
+        raise
+    except IcgError as err:
+        raise DownloadError(
+            f"The download of {_label(entry)} in {folder} could not be converted: {err}. "
+            f"Delete {', '.join(entry.convert_from)} there to download again."
+        ) from err
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a model folder a failed download created, when it holds no file worth keeping (a ``.part``
+    to resume from is worth keeping; the hub's ``.cache`` notes are not)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and ".cache" not in path.relative_to(folder).parts:
+            return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pending_downloads(entry: ModelEntry, root: Path) -> list[str]:
+    # Optional files come along only when required ones are being fetched anyway.
+    return [f for f in entry.download_files if not file_path(entry, root, f).is_file()]
+
+
+def _download(
+    entry: ModelEntry,
+    root: Path,
+    offline: bool | None,
+    progress: bool,
+    announce: bool,
+    keep_original: bool = False,
+) -> Path:
     folder = model_dir(entry, root)
-    missing = missing_files(entry, root)
-    if not missing:
+    if present(entry, root):
         return folder
+    if ready_to_convert(entry, root):  # originals copied in by hand, or kept: no network needed
+        _convert(entry, folder, keep_original)
+        return folder
+    missing = missing_downloads(entry, root)
     if entry.manual_only:
         raise DownloadError(
             f"{_label(entry, capital=True)} can't be downloaded automatically. "
             + manual_instructions(entry, root)
         )
+    pending = _pending_downloads(entry, root)
     reason = offline_reason(offline)
     if reason is not None:
-        raise DownloadError(
-            f"Can't download {_label(entry)}: {reason}. " + manual_instructions(entry, root, missing)
-        )
-    # Optional files come along only when required ones are being fetched anyway.
-    pending = [f for f in entry.files if not file_path(entry, root, f).is_file()]
-    if announce:
-        known, unknown = _sum_sizes(entry, pending, probe=True)
-        logger.info(
-            "Downloading %s: %d file(s), %s, into %s",
-            entry.id,
-            len(pending),
-            _describe_total(known, unknown),
-            folder,
-        )
-    ensure_dir(folder)
-    for name in pending:
-        _fetch_file(entry, root, folder, name, progress)
-    still_missing = missing_files(entry, root)
+        # Respect offline mode, but use what the Hugging Face cache already holds.
+        for name in missing:
+            for source in entry.sources_for(name):
+                if source.kind == "hf" and _from_hf_cache(source, folder) is not None:
+                    break
+        missing = missing_downloads(entry, root)
+        if missing:
+            raise DownloadError(
+                f"Can't download {_label(entry)}: {reason}. " + manual_instructions(entry, root, missing)
+            )
+    else:
+        if announce:
+            known, unknown = _sum_sizes(entry, pending, probe=True)
+            logger.info(
+                "Downloading %s: %d file(s), %s, into %s",
+                entry.id,
+                len(pending),
+                _describe_total(known, unknown),
+                folder,
+            )
+        created = not folder.exists()
+        ensure_dir(folder)
+        try:
+            for name in pending:
+                _fetch_file(entry, root, folder, name, progress)
+        except BaseException:
+            if created:
+                _remove_if_empty(folder)
+            raise
+    still_missing = missing_downloads(entry, root)
     if still_missing:
         raise DownloadError(
             f"{_label(entry, capital=True)} is still missing {', '.join(still_missing)} after the download. "
             + manual_instructions(entry, root, still_missing)
         )
+    if entry.converted:
+        _convert(entry, folder, keep_original)
     return folder
 
 
 def download_model(
-    entry: ModelEntry, root: str | os.PathLike[str], *, offline: bool | None = None, progress: bool = True
+    entry: ModelEntry,
+    root: str | os.PathLike[str],
+    *,
+    offline: bool | None = None,
+    progress: bool = True,
+    keep_original: bool = False,
 ) -> Path:
     """Make sure every required file of ``entry`` is in ``<root>/<id>``; return that folder.
 
-    Files already there are kept (no network then). ``offline``: True refuses, False allows, None reads
-    ``ICG_OFFLINE`` / ``HF_HUB_OFFLINE``. Raises ``DownloadError`` (offline, unreachable, checksum
-    mismatch, manual-only model) with a message that says how to install the model by hand.
+    Files already there are kept (no network then); originals of a converted entry found in the folder
+    are converted without downloading. ``offline``: True refuses, False allows, None reads
+    ``ICG_OFFLINE`` / ``HF_HUB_OFFLINE`` (the Hugging Face cache is still used offline). After a download
+    ``convert_from`` files are converted and deleted unless ``keep_original``. Raises ``DownloadError``
+    (offline, unreachable, checksum mismatch, manual-only model, failed conversion) with a message that
+    says how to install the model by hand.
     """
-    return _download(entry, Path(root), offline, progress, announce=True)
+    return _download(entry, Path(root), offline, progress, announce=True, keep_original=keep_original)
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """What a download of some models will fetch: the models not installed yet and the total size."""
+
+    todo: tuple[ModelEntry, ...]
+    known_bytes: int
+    unknown_files: int
+
+    @property
+    def total(self) -> str:
+        """``'1.2 GB'``, ``'1.2 GB + 2 file(s) of unknown size'`` or ``'unknown size'``."""
+        return _describe_total(self.known_bytes, self.unknown_files)
+
+
+def plan_download(
+    models: Iterable[str | ModelEntry],
+    root: str | os.PathLike[str],
+    *,
+    offline: bool | None = None,
+    registry: Mapping[str, ModelEntry] | None = None,
+) -> DownloadPlan:
+    """The models among ``models`` that are not installed and the bytes their download takes.
+
+    Sizes the registry does not know are asked from the servers (one quick request each, skipped when
+    offline or when the host does not answer); originals already in a folder count for nothing."""
+    root_path = Path(root)
+    todo = tuple(e for e in resolve_entries(models, registry) if not present(e, root_path))
+    known, unknown = 0, 0
+    probe = not is_offline(offline)
+    for entry in todo:
+        if entry.manual_only:
+            continue
+        k, u = _sum_sizes(entry, _pending_downloads(entry, root_path), probe)
+        known, unknown = known + k, unknown + u
+    return DownloadPlan(todo, known, unknown)
 
 
 def download_models(
@@ -444,38 +702,150 @@ def download_models(
     offline: bool | None = None,
     progress: bool = True,
     registry: Mapping[str, ModelEntry] | None = None,
+    keep_original: bool = False,
 ) -> dict[str, Path]:
-    """Download several models (ids or entries); log the total size first.
+    """Download (and convert) several models (ids or entries); log the total size first.
 
-    Every model is attempted; if any failed, one ``DownloadError`` lists each failure after the others
-    have been fetched. Returns ``{id: folder}`` when all succeeded.
+    Every model is attempted; if any failed, one ``DownloadError`` lists each failure (one line each)
+    after the others have been fetched. Returns ``{id: folder}`` when all succeeded.
     """
     root_path = Path(root)
     entries = resolve_entries(models, registry)
-    todo = [e for e in entries if not present(e, root_path)]
-    if todo and not is_offline(offline):
-        known, unknown = 0, 0
-        for entry in todo:
-            if entry.manual_only:
-                continue
-            k, u = _sum_sizes(
-                entry, [f for f in entry.files if not file_path(entry, root_path, f).is_file()], True
+    if not is_offline(offline):
+        plan = plan_download(entries, root_path, offline=offline)
+        if plan.todo:
+            logger.info(
+                "Downloading %d model(s) (%s): %s in total, into %s",
+                len(plan.todo),
+                ", ".join(e.id for e in plan.todo),
+                plan.total,
+                root_path,
             )
-            known, unknown = known + k, unknown + u
-        logger.info(
-            "Downloading %d model(s) (%s): %s in total, into %s",
-            len(todo),
-            ", ".join(e.id for e in todo),
-            _describe_total(known, unknown),
-            root_path,
-        )
     done: dict[str, Path] = {}
     errors: list[str] = []
     for entry in entries:
         try:
-            done[entry.id] = _download(entry, root_path, offline, progress, announce=False)
+            done[entry.id] = _download(
+                entry, root_path, offline, progress, announce=False, keep_original=keep_original
+            )
         except DownloadError as err:
             errors.append(str(err))
     if errors:
         raise DownloadError("\n".join(errors))
     return done
+
+
+# --------------------------------------------------------------------------------------------------
+# What the models folder holds
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One line of ``python -m icg models``: a registry model (installed or not) or a user's own."""
+
+    id: str
+    display_name: str
+    kind: str
+    present: bool
+    size: int | None  # bytes on disk when present (or partly there), else the expected download
+    size_on_disk: bool
+    path: Path
+    source: str  # the first source's address; "local" for a user's own model
+    registered: bool  # in the registry (False: a model folder the user imported or trained)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "display_name": self.display_name,
+            "kind": self.kind,
+            "present": self.present,
+            "size": self.size,
+            "size_on_disk": self.size_on_disk,
+            "path": str(self.path),
+            "source": self.source,
+            "registered": self.registered,
+            "note": self.note,
+        }
+
+
+def folder_size(folder: str | os.PathLike[str]) -> int:
+    """Bytes of every file under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(dirpath, name))
+    return total
+
+
+def _registry_status(entry: ModelEntry, root: Path) -> ModelStatus:
+    is_present = present(entry, root)
+    on_disk = local_size(entry, root)
+    note = ""
+    if not is_present:
+        if ready_to_convert(entry, root):
+            note = "downloaded, converted on first use"
+        elif entry.manual_only:
+            note = f"manual download, then: {IMPORT_COMMAND.format(id=entry.id)}"
+        elif on_disk:
+            note = "partly downloaded"
+    size = on_disk if (is_present or on_disk) else expected_size(entry)
+    first = entry.sources[0]
+    return ModelStatus(
+        id=entry.id,
+        display_name=entry.display_name,
+        kind=entry.kind,
+        present=is_present,
+        size=size,
+        size_on_disk=bool(is_present or on_disk),
+        path=model_dir(entry, root),
+        source=first.download_url,
+        registered=True,
+        note=note,
+    )
+
+
+def local_models(
+    root: str | os.PathLike[str], registry: Mapping[str, ModelEntry] | None = None
+) -> list[ModelStatus]:
+    """Users' own models: valid model folders in ``root`` whose name is not a registry id."""
+    from icg.models.loading import describe_folder
+
+    entries = registry if registry is not None else load_registry()
+    root_path = Path(root)
+    found: list[ModelStatus] = []
+    if not root_path.is_dir():
+        return found
+    for folder in sorted(root_path.iterdir()):
+        name = folder.name
+        if not folder.is_dir() or name.startswith(".") or name in RESERVED_IDS or name in entries:
+            continue
+        try:
+            kind, display = describe_folder(folder)
+        except IcgError as err:
+            logger.debug("skipping %s: %s", folder, err)
+            continue
+        found.append(
+            ModelStatus(
+                id=name,
+                display_name=display,
+                kind=kind,
+                present=True,
+                size=folder_size(folder),
+                size_on_disk=True,
+                path=folder,
+                source="local",
+                registered=False,
+            )
+        )
+    return found
+
+
+def list_models(
+    root: str | os.PathLike[str], registry: Mapping[str, ModelEntry] | None = None
+) -> list[ModelStatus]:
+    """Every registry model (present or not) and then every user's own model in ``root``."""
+    entries = registry if registry is not None else load_registry()
+    root_path = Path(root)
+    return [_registry_status(e, root_path) for e in entries.values()] + local_models(root_path, entries)

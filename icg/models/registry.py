@@ -5,10 +5,17 @@ The catalogue is ``registry.json`` beside this module (package data). Every entr
 loaded; a malformed entry raises ``ConfigError`` naming the entry and the field. Nothing here touches the
 network or the disk beyond reading the JSON file.
 
-Source semantics: every ``hf`` or ``url`` source provides one file of the entry (``filename`` is its local
-name inside the model folder; for ``hf`` it is also the path inside the repository). Several automatic
-sources may provide the same file: they are tried in order. ``manual`` sources are pages a person opens in
-a browser; they are never fetched, only shown with the import command.
+Files: ``files`` lists what the model folder holds once the model is installed (what ``present`` checks
+and what the loaders read). Most entries download exactly those files. An entry with ``convert_from``
+instead downloads the files named there (a torch ``.pt`` state_dict, the SBG vocabulary pickles) and
+converts them once into ``files`` (safetensors + JSON); which converter runs follows from the entry's
+kind (``CONVERTERS``), and the downloaded originals are deleted afterwards unless asked to keep them.
+
+Source semantics: every ``hf`` or ``url`` source provides one downloaded file of the entry (``filename``
+is its local name inside the model folder; for ``hf`` it is also the path inside the repository): a
+name of ``convert_from`` when the entry has one, else a name of ``files``. Several automatic sources may
+provide the same file: they are tried in order. ``manual`` sources are pages a person opens in a
+browser; they are never fetched, only shown with the import command.
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ AUTO_SOURCE_KINDS = ("hf", "url")
 # Folder names inside the models folder that a model id may not take.
 RESERVED_IDS = frozenset({"cache", "tmp"})
 
+# Kinds whose downloads may be converted: kind -> (the installed files the converter writes, the names
+# its inputs must have; None when any single file name will do).
+CONVERTERS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = MappingProxyType(
+    {
+        "clip-prefix": (("config.json", "model.safetensors"), None),
+        "sbg-vocabulary": (("vocabulary.json",), ("all_labels.pkl", "encyclopedia.pkl")),
+    }
+)
+
 DEFAULT_DECODING: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "clip-prefix": MappingProxyType({"strategy": "greedy", "max_new_tokens": 67, "stop": "."}),
@@ -63,6 +79,7 @@ _ENTRY_KEYS = frozenset(
         "decoding",
         "requires",
         "files",
+        "convert_from",
         "sources",
     }
 )
@@ -130,6 +147,22 @@ class ModelEntry:
     prefix_length: int | None = None
     decoding: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     requires: tuple[str, ...] = ()
+    convert_from: tuple[str, ...] = ()
+
+    @property
+    def converted(self) -> bool:
+        """True when the downloaded files are converted into ``files`` (see ``convert_from``)."""
+        return bool(self.convert_from)
+
+    @property
+    def download_files(self) -> tuple[str, ...]:
+        """The files the sources provide: ``convert_from`` for converted entries, else ``files``."""
+        return self.convert_from or self.files
+
+    @property
+    def required_downloads(self) -> tuple[str, ...]:
+        """The downloaded files needed to install the model (optional ones left out)."""
+        return tuple(f for f in self.download_files if not self.is_optional(f))
 
     @property
     def auto_sources(self) -> tuple[ModelSource, ...]:
@@ -148,7 +181,9 @@ class ModelEntry:
 
     @property
     def required_files(self) -> tuple[str, ...]:
-        """The files that must exist for the model to count as installed (optional ones left out)."""
+        """The installed files that must exist for the model to count as present (optional ones left out)."""
+        if self.converted:
+            return self.files
         return tuple(f for f in self.files if not self.is_optional(f))
 
     def sources_for(self, filename: str) -> tuple[ModelSource, ...]:
@@ -173,6 +208,7 @@ class ModelEntry:
             "decoding": dict(self.decoding),
             "requires": list(self.requires),
             "files": list(self.files),
+            **({"convert_from": list(self.convert_from)} if self.convert_from else {}),
             "sources": [s.to_dict() for s in self.sources],
         }
 
@@ -315,17 +351,23 @@ def _parse_entry(raw: Any, index: int) -> ModelEntry:
     if len(set(files)) != len(files):
         raise _fail(where, f"'files' lists a name twice: {files}")
 
+    convert_from = _parse_convert_from(raw.get("convert_from"), kind, files, where)
+    downloads = convert_from or files
+    field_name = "convert_from" if convert_from else "files"
+
     raw_sources = raw["sources"]
     if not isinstance(raw_sources, list) or not raw_sources:
         raise _fail(where, "'sources' must be a non-empty list")
     sources = tuple(_parse_source(s, f"{where}, source #{i}") for i, s in enumerate(raw_sources))
     for source in sources:
-        if source.is_auto and source.filename not in files:
-            raise _fail(where, f"source file {source.filename!r} is not listed in 'files' {files}")
+        if source.is_auto and source.filename not in downloads:
+            raise _fail(where, f"source file {source.filename!r} is not listed in {field_name!r} {downloads}")
     has_manual = any(s.kind == "manual" for s in sources)
-    for name in files:
+    for name in downloads:
         if not has_manual and not any(s.is_auto and s.filename == name for s in sources):
             raise _fail(where, f"file {name!r} has no source (add an 'hf', 'url' or 'manual' source)")
+    if convert_from and any(s.optional for s in sources if s.is_auto):
+        raise _fail(where, "the inputs of a conversion can't be 'optional'")
 
     return ModelEntry(
         id=model_id,
@@ -339,7 +381,33 @@ def _parse_entry(raw: Any, index: int) -> ModelEntry:
         prefix_length=prefix_length,
         decoding=decoding,
         requires=tuple(requires),
+        convert_from=tuple(convert_from),
     )
+
+
+def _parse_convert_from(value: Any, kind: str, files: list[str], where: str) -> list[str]:
+    """Validate ``convert_from``: only for kinds with a converter, which fixes ``files`` (and maybe the
+    input names)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "'convert_from' must be a non-empty list of file names")
+    names = [_check_relative_path(v, where, "convert_from") for v in value]
+    if len(set(names)) != len(names):
+        raise _fail(where, f"'convert_from' lists a name twice: {names}")
+    if kind not in CONVERTERS:
+        raise _fail(where, f"a {kind!r} model can't have 'convert_from' (only {', '.join(CONVERTERS)})")
+    outputs, inputs = CONVERTERS[kind]
+    if sorted(files) != sorted(outputs):
+        raise _fail(where, f"a converted {kind!r} model installs {list(outputs)}, so 'files' must be that")
+    if inputs is None and len(names) != 1:
+        raise _fail(where, f"a {kind!r} conversion reads one file, 'convert_from' names {names}")
+    if inputs is not None and sorted(names) != sorted(inputs):
+        raise _fail(where, f"a {kind!r} conversion reads {list(inputs)}, 'convert_from' names {names}")
+    overlap = sorted(set(names) & set(files))
+    if overlap:
+        raise _fail(where, f"{overlap} can't be both converted and installed")
+    return names
 
 
 def parse_registry(data: Any, origin: str = "model registry") -> dict[str, ModelEntry]:
