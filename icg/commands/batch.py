@@ -1,5 +1,273 @@
-"""``icg batch``: registered by its owner module (placeholder until it lands)."""
+"""``icg batch DIR``: caption every image in a folder into sidecar files and/or a manifest.
+
+A progress bar (stderr) shows the ETA and images/s. Ctrl-C stops after the current batch with
+everything captioned so far written; a second Ctrl-C aborts at once (sidecars are written atomically, so
+even then no file is left half-written). Exit status: 0 when every image was captioned, 1 when some
+failed, 130 when stopped by the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from icg.commands.common import add_decoding, add_runtime, decoding_overrides, make_manager
+
+DEFAULT_MODEL = "clip-prefix-flickr8k"
+POLICIES = ("skip", "overwrite", "append", "prepend")
 
 
 def register(sub) -> None:
-    return None
+    p = sub.add_parser(
+        "batch",
+        help="caption every image in a folder",
+        description="Caption every image in a folder into caption files (sidecars) and/or a manifest. "
+        "Re-running the same command goes on where a stopped or killed run left off.",
+    )
+    p.add_argument("folder", metavar="DIR", help="the image folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or path (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look into subfolders too (default: yes)",
+    )
+    p.add_argument("--ext", help="image extensions to take, comma-separated (default: all Pillow reads)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: 32 on CUDA, 8 on the CPU)")
+    p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
+    p.add_argument(
+        "--max-pixels", type=int, help="refuse larger images as decompression bombs (0: Pillow's limit only)"
+    )
+
+    out = p.add_argument_group("output")
+    out.add_argument("--sidecar-ext", default=".txt", help="caption file extension (default: .txt)")
+    out.add_argument("--output-dir", help="write caption files here, mirroring the folder tree")
+    out.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="skip",
+        help="when a caption file exists: skip it (default), overwrite it, or append/prepend the caption",
+    )
+    out.add_argument(
+        "--separator", help="joins the old text and the caption on append/prepend (default: a line)"
+    )
+    out.add_argument("--manifest", help="also write one row per image to this .jsonl or .csv file")
+    out.add_argument("--no-sidecars", action="store_true", help="write no caption files (needs --manifest)")
+    out.add_argument(
+        "--no-resume", action="store_true", help="replace an existing manifest instead of going on from it"
+    )
+
+    prompt = p.add_argument_group("caption file text")
+    prompt.add_argument(
+        "--template", help="e.g. '{prefix}, {caption}, {keywords}, {suffix}' (default: caption)"
+    )
+    prompt.add_argument("--prefix", default="", help="text before the caption (e.g. a LoRA trigger word)")
+    prompt.add_argument("--suffix", default="", help="text after the caption")
+    prompt.add_argument(
+        "--keywords", action="store_true", help="add the model's keywords (SBG) after the caption"
+    )
+    prompt.add_argument("--max-keywords", type=int, help="at most this many keywords")
+    prompt.add_argument("--lowercase", action="store_true", help="lower-case the caption and keywords")
+    prompt.add_argument("--keep-period", action="store_true", help="keep the caption's final period")
+
+    run_group = p.add_argument_group("run")
+    run_group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and a preview of the first captions; write nothing",
+    )
+    run_group.add_argument(
+        "--preview", type=int, default=3, help="captions to preview in a dry run (default: 3)"
+    )
+    run_group.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime(p)
+    add_decoding(p)
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    """The ``BatchOptions`` for parsed arguments (``ConfigError`` for invalid combinations)."""
+    from icg.batch.engine import BATCH_TEMPLATE, KEYWORDS_TEMPLATE, BatchOptions
+    from icg.imaging import DEFAULT_MAX_PIXELS
+    from icg.prompt import PromptTemplate
+
+    template = PromptTemplate(
+        template=args.template or (KEYWORDS_TEMPLATE if args.keywords else BATCH_TEMPLATE),
+        prefix=args.prefix,
+        suffix=args.suffix,
+        lowercase=args.lowercase,
+        max_keywords=args.max_keywords,
+        strip_period=not args.keep_period,
+    )
+    extensions = None
+    if args.ext:
+        extensions = tuple(ext for ext in args.ext.split(",") if ext.strip())
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
+    return BatchOptions(
+        root=args.folder,
+        model=args.model,
+        recursive=args.recursive,
+        extensions=extensions,
+        batch_size=args.batch_size,
+        sidecar_extension=args.sidecar_ext,
+        output_dir=args.output_dir,
+        policy=args.policy,
+        separator=args.separator,
+        write_sidecars=not args.no_sidecars,
+        manifest=args.manifest,
+        resume=not args.no_resume,
+        template=template,
+        decoding=decoding_overrides(args),
+        dry_run=args.dry_run,
+        preview=args.preview,
+        max_pixels=max_pixels,
+        workers=args.workers,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from icg.batch.engine import run_batch
+
+    options = options_from_args(args)
+    manager = make_manager(args)
+    stop = threading.Event()
+    bar = _ProgressBar(enabled=not args.no_progress and not options.dry_run)
+    with bar, stop_on_sigint(stop, bar.write):
+        summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        print(format_summary(summary, options))
+    return summary.exit_code
+
+
+@contextlib.contextmanager
+def stop_on_sigint(stop: threading.Event, notify: Callable[[str], None]) -> Iterator[None]:
+    """While active, the first Ctrl-C (SIGINT) sets ``stop``; the second raises ``KeyboardInterrupt``.
+
+    Only the main thread can install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        notify(
+            "icg: stopping after the current batch (everything captioned so far is kept); Ctrl-C again aborts"
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr, created on the first progress report (once the total is known)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, done: int, total: int, info: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            if info.get("skipped"):
+                self.write(
+                    f"icg: {info['skipped']} of {info.get('found', '?')} images already done; skipping them"
+                )
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="captioning")
+        self.bar.update(done - self.bar.n)
+        if info.get("failed"):
+            self.bar.set_postfix(failed=info["failed"], refresh=False)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+def format_summary(summary, options) -> str:
+    """The human-readable end-of-run report."""
+    lines = []
+    if summary.dry_run:
+        plan = summary.plan_counts
+        parts = [
+            f"{plan['new']} new",
+            f"{plan['overwrite']} overwrite",
+            f"{plan['append']} append",
+            f"{plan['prepend']} prepend",
+        ]
+        if plan["manifest"]:
+            parts.append(f"{plan['manifest']} manifest only")
+        parts.append(f"{plan['skip']} skip (caption file exists)")
+        if plan["done"]:
+            parts.append(f"{plan['done']} done (in the manifest)")
+        if plan["conflict"]:
+            parts.append(f"{plan['conflict']} conflict")
+        lines.append(f"dry run: {summary.total} images in {summary.root}: " + ", ".join(parts))
+        if summary.preview:
+            lines.append("preview:")
+            for item in summary.preview:
+                target = f" -> {item.sidecar}" if item.sidecar else ""
+                lines.append(f"  {item.key}{target} [{item.action}]: {item.text}")
+        lines += _failure_lines(summary)
+        lines.append("nothing was written (dry run)")
+        return "\n".join(lines)
+    counts = summary.counts
+    parts = [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("new", "new"),
+            ("overwritten", "overwritten"),
+            ("appended", "appended"),
+            ("prepended", "prepended"),
+            ("unchanged", "unchanged (caption already there)"),
+            ("manifest_only", "manifest only"),
+            ("skipped", "skipped"),
+            ("failed", "failed"),
+        )
+        if counts[key] or key in ("new", "skipped", "failed")
+    ]
+    rate = f" ({summary.images_per_second:.1f} images/s)" if summary.processed else ""
+    head = "stopped" if summary.stopped else "done"
+    lines.append(
+        f"{head}: {summary.captioned} of {summary.total} images captioned in {summary.seconds['run']:.1f} s"
+        f"{rate}: " + ", ".join(parts)
+    )
+    if summary.manifest:
+        lines.append(f"manifest: {summary.manifest}")
+    lines += _failure_lines(summary)
+    if summary.stopped:
+        left = summary.planned - summary.processed
+        lines.append(f"stopped by the user with {left} images left; run the same command again to go on")
+        if options.policy == "overwrite" and options.manifest is None:
+            lines.append("(with --policy overwrite and no --manifest, a re-run redoes every image)")
+    return "\n".join(lines)
+
+
+def _failure_lines(summary) -> list[str]:
+    if not summary.failures:
+        return []
+    return [f"failed ({len(summary.failures)}):"] + [f"  {f.path}: {f.reason}" for f in summary.failures]
