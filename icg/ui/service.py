@@ -1,0 +1,197 @@
+"""What the panels call: a thin, gradio-free layer over the model manager, the pipeline and the folder engine.
+
+The panels never touch models directly; they call a ``CaptionService`` handed to them. The standalone app
+uses this one as is; the WebUI adapter subclasses it (or passes any object with the same methods) to wrap
+each call in the WebUI's queue lock, ``shared.state`` job and device etiquette.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icg.captioners.result import CaptionResult
+from icg.config import DecodingConfig
+from icg.errors import CheckpointError, ConfigError, IcgError, ModelNotFound
+from icg.prompt import DEFAULT_TEMPLATE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "clip-prefix-flickr8k"
+CAPTION_KINDS = ("clip-prefix", "sbg")
+
+
+@dataclass(frozen=True)
+class UiDefaults:
+    """Initial values of the panels (the WebUI fills them from its settings).
+
+    ``model`` None: the service's default model. Decoding values None: the model's own default.
+    ``allow_folders`` False (the WebUI's ``--hide-ui-dir-config``): the folder fields are fixed to the
+    values given here and the user cannot type other paths.
+    """
+
+    model: str | None = None
+    strategy: str | None = None
+    num_beams: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    seed: int = -1
+    num_samples: int | None = None
+    template: str = DEFAULT_TEMPLATE
+    prefix: str = ""
+    suffix: str = ""
+    lowercase: bool = False
+    batch_folder: str = ""
+    output_folder: str = ""
+    manifest: str = ""
+    sidecar_extension: str = ".txt"
+    sidecar_policy: str = "skip"
+    recursive: bool = True
+    batch_size: int = 0  # 0: automatic
+    allow_folders: bool = True
+
+
+class CaptionService:
+    """Captioning for the panels: models to offer, one image, keywords (SBG), and folder batches.
+
+    ``models`` are offered first in the model list (paths or ids given on the command line);
+    ``default_model`` is preselected (default: the first of ``models``, else ``clip-prefix-flickr8k``).
+    Errors a user can cause surface as ``IcgError``; the panels show their message.
+    """
+
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        models: Sequence[str] = (),
+        default_model: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.manager = manager
+        self.extra_models = [str(m) for m in models]
+        self._default = default_model or (self.extra_models[0] if self.extra_models else DEFAULT_MODEL)
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------------------------ models
+    def default_model(self) -> str:
+        return self._default
+
+    def model_choices(self) -> list[str]:
+        """The extra models, the registry's captioners, then captioner folders found in the models folder."""
+        choices = _unique([*self.extra_models, self._default, *_registry_captioners()])
+        return _unique([*choices, *_local_captioners(self.manager, set(choices))])
+
+    def decoding(self, model: str, overrides: dict[str, Any] | None) -> DecodingConfig | None:
+        """The model's decoding with ``overrides`` applied (None when there are none)."""
+        if not overrides:
+            return None
+        with self.manager.session():
+            base = getattr(self.manager.captioner(model), "decoding", None) or DecodingConfig()
+        try:
+            return base.replace(**overrides)
+        except TypeError as err:  # pragma: no cover - overrides are built from known names
+            raise ConfigError(f"invalid decoding option for {model}: {err}") from err
+
+    # ------------------------------------------------------------------------------------ captions
+    def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None) -> CaptionResult:
+        """Caption one image (a PIL image, a path or bytes)."""
+        from icg.pipeline import caption_images
+
+        if image is None:
+            raise ConfigError("no image: upload or paste an image first")
+        decoding = self.decoding(model, overrides)
+        return caption_images(self.manager, model, [image], decoding=decoding, batch_size=1)[0]
+
+    def supports_keywords(self, model: str) -> bool:
+        with self.manager.session():
+            return hasattr(self.manager.captioner(model), "caption_keywords")
+
+    def caption_keywords(
+        self,
+        keywords: Sequence[str],
+        model: str,
+        overrides: dict[str, Any] | None = None,
+        image: Any = None,
+    ) -> CaptionResult:
+        """Write a caption from ``keywords`` with an SBG ``model``; with ``image`` the candidates are
+        re-ranked against it, as in a normal SBG caption."""
+        from icg.imaging import load_image
+
+        if not keywords:
+            raise ConfigError("no keywords: type some (comma-separated) or caption an image first")
+        decoding = self.decoding(model, overrides)
+        with self.manager.session():
+            captioner = self.manager.captioner(model)
+            if not hasattr(captioner, "caption_keywords"):
+                kind = getattr(captioner, "kind", "this kind of model")
+                raise ConfigError(
+                    f"model {model!r} ({kind}) does not write captions from keywords; choose an SBG model"
+                )
+            features = None
+            if image is not None:
+                clip = self.manager.clip(captioner.clip_spec)
+                features = clip.encode_images([load_image(image)], normalize=captioner.normalize)
+            result = captioner.caption_keywords(list(keywords), decoding=decoding, image_features=features)
+        if isinstance(result, list):  # a batch API returns one result per row
+            result = result[0]
+        return result
+
+    # ------------------------------------------------------------------------------------ folders
+    def plan_batch(self, options: Any) -> Any:
+        from icg.batch.engine import plan_batch
+
+        return plan_batch(options)
+
+    def run_batch(
+        self,
+        options: Any,
+        *,
+        on_progress: Callable[..., Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_result: Callable[..., Any] | None = None,
+    ) -> Any:
+        from icg.batch.engine import run_batch
+
+        return run_batch(
+            self.manager, options, on_progress=on_progress, should_stop=should_stop, on_result=on_result
+        )
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def _registry_captioners() -> list[str]:
+    from icg.models.registry import load_registry
+
+    try:
+        return [entry.id for entry in load_registry().values() if entry.kind in CAPTION_KINDS]
+    except IcgError as err:  # a broken registry must not take the whole UI down
+        logger.warning("model registry unreadable: %s", err)
+        return []
+
+
+def _local_captioners(manager: Any, known: set[str]) -> list[str]:
+    """Folders in the models folder that hold a captioner and are not registry ids (imported models)."""
+    from icg.models.loading import detect_kind
+
+    try:
+        root = Path(manager.models_dir)
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        if folder.name in known or folder.name.startswith(".") or folder.name in ("cache", "tmp"):
+            continue
+        try:
+            if detect_kind(folder) in CAPTION_KINDS:
+                found.append(folder.name)
+        except (CheckpointError, ModelNotFound, OSError):
+            continue
+    return found
