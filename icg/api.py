@@ -1,0 +1,620 @@
+"""The HTTP API: ``/icg/v1/...`` routes on any FastAPI app, with pydantic request and response models.
+
+``mount_api(app, service)`` adds the routes. ``service`` is an ``icg.ui.service.CaptionService`` (or any
+object with its methods); the WebUI adapter passes one that runs every job with the WebUI's device
+etiquette, plus the WebUI's auth (``--api-auth``), its ``queue_lock`` and ``--hide-ui-dir-config``.
+Nothing here imports the WebUI, so the tests mount the routes on a bare FastAPI app.
+
+Routes (all JSON):
+
+* ``GET  /icg/v1/models``              the captioning models: installed or not, size, loaded, default
+* ``POST /icg/v1/caption``             base64 image or keywords -> caption, candidates, keywords, prompt
+* ``POST /icg/v1/batch``               caption a server-side folder in the background -> job id (202)
+* ``GET  /icg/v1/batch``               the known jobs
+* ``GET  /icg/v1/batch/{id}``          a job's progress, and its summary once finished
+* ``POST /icg/v1/batch/{id}/stop``     stop a job after the batch it is working on
+* ``POST /icg/v1/unload``              free the models' memory
+
+Bad input is a 4xx with a message, never a 500: malformed JSON or values out of range 422 (pydantic),
+bad base64 or not an image 400, unknown model or job 404, folders under ``--hide-ui-dir-config`` 403,
+a model that is not installed while downloads are off 409.
+
+The pydantic models use only what pydantic 1.10 (the WebUI's pin) and 2.x share: ``Field`` bounds,
+``Literal``, optional fields; the one difference (forbidding unknown fields) is bridged by ``_Model``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, Field
+
+from icg.errors import (
+    CheckpointError,
+    ConfigError,
+    DownloadError,
+    IcgError,
+    ImageError,
+    ModelNotFound,
+    VocabularyError,
+)
+from icg.jobs import JobNotFound, JobRegistry
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/icg/v1"
+MAX_IMAGE_CHARS = 100_000_000  # base64 characters (~75 MB of image file)
+MAX_KEYWORDS = 200
+MAX_TEXT = 2000
+
+_PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
+
+
+class _Model(BaseModel):
+    """Requests refuse unknown fields, so a typo ("temprature") is an error, not silently ignored."""
+
+    if _PYDANTIC_V2:
+        model_config = pydantic.ConfigDict(extra="forbid")
+    else:
+
+        class Config:
+            extra = "forbid"
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    """The fields that were given a value (not None), on pydantic 1 and 2."""
+    if _PYDANTIC_V2:
+        return model.model_dump(exclude_none=True)
+    return model.dict(exclude_none=True)
+
+
+# ------------------------------------------------------------------------------------------ requests
+class DecodingOptions(_Model):
+    """Decoding overrides; a field left out keeps the model's own default."""
+
+    strategy: Literal["greedy", "beam", "sample"] | None = None
+    max_new_tokens: int | None = Field(None, ge=1, le=256)
+    num_beams: int | None = Field(None, ge=1, le=16)
+    num_samples: int | None = Field(None, ge=1, le=32, description="candidates to sample (SBG)")
+    top_k: int | None = Field(None, ge=0, le=1000, description="0: off")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=16)
+    length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
+    seed: int | None = Field(None, ge=-1, le=2**63 - 1, description="-1: random")
+
+
+class TemplateOptions(_Model):
+    """How the prompt is composed; a field left out keeps the server's setting."""
+
+    template: str | None = Field(
+        None, max_length=MAX_TEXT, description="uses {caption} {keywords} {prefix} {suffix}"
+    )
+    prefix: str | None = Field(None, max_length=MAX_TEXT)
+    suffix: str | None = Field(None, max_length=MAX_TEXT)
+    lowercase: bool | None = None
+    dedupe: bool | None = None
+    max_keywords: int | None = Field(None, ge=0, le=MAX_KEYWORDS)
+    strip_period: bool | None = None
+
+
+class CaptionRequest(_Model):
+    """One image (base64, optionally a ``data:`` URL) or keywords (SBG models), or both (keywords kept,
+    candidates re-ranked against the image)."""
+
+    image: str | None = Field(None, max_length=MAX_IMAGE_CHARS)
+    keywords: list[str] | str | None = None
+    model: str | None = Field(None, max_length=500)
+    num_candidates: int | None = Field(
+        None, ge=1, le=32, description="SBG candidates (= decoding.num_samples)"
+    )
+    decoding: DecodingOptions | None = None
+    template: TemplateOptions | None = None
+
+
+class BatchRequest(_Model):
+    """Caption every image in a folder on the server into sidecar files and/or a manifest."""
+
+    folder: str = Field(..., min_length=1, max_length=4096)
+    model: str | None = Field(None, max_length=500)
+    recursive: bool = False
+    policy: Literal["skip", "overwrite", "append", "prepend"] | None = None
+    extension: str | None = Field(
+        None, min_length=1, max_length=32, description="sidecar extension, e.g. .txt"
+    )
+    output_dir: str | None = Field(
+        None, max_length=4096, description="mirror the tree here instead of beside"
+    )
+    manifest: str | None = Field(None, max_length=4096, description="a .jsonl or .csv file to write as well")
+    sidecars: bool = True
+    batch_size: int | None = Field(None, ge=1, le=512)
+    num_candidates: int | None = Field(None, ge=1, le=32)
+    decoding: DecodingOptions | None = None
+    template: TemplateOptions | None = None
+    dry_run: bool = False
+
+
+# ------------------------------------------------------------------------------------------ responses
+class CandidateOut(BaseModel):
+    text: str
+    score: float | None = None
+
+
+class KeywordOut(BaseModel):
+    text: str
+    score: float
+    step: str
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+    prompt: str
+    model: str
+    candidates: list[CandidateOut]
+    scores: list[float | None]
+    score_kind: str | None = None
+    keywords: list[KeywordOut]
+    seed: int | None = None
+    decoding: dict[str, Any]
+    timings: dict[str, float]
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    description: str = ""
+    installed: bool
+    missing: list[str]
+    size_bytes: int
+    expected_bytes: int | None = None
+    manual_only: bool = False
+    loaded: bool = False
+    default: bool = False
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models_dir: str
+    models: list[ModelOut]
+    loaded: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str
+    done: int
+    total: int | None = None
+    failed: int
+    progress: float | None = None
+    current: str | None = None
+    message: str = ""
+    stop_requested: bool = False
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    elapsed: float
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobsResponse(BaseModel):
+    jobs: list[JobOut]
+
+
+class UnloadResponse(BaseModel):
+    unloaded: bool
+    loaded: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------ auth
+def parse_credentials(text: str) -> dict[str, str]:
+    """``"user:password,user2:password2"`` (the WebUI's ``--api-auth`` format) -> ``{user: password}``.
+
+    A password may contain ":" (only the first one separates). An entry without ":" or with an empty
+    user name is a ``ConfigError``: refusing beats running the API unprotected by mistake.
+    """
+    credentials: dict[str, str] = {}
+    for entry in (text or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user:
+            raise ConfigError("API credentials must look like user:password[,user2:password2]")
+        credentials[user] = password
+    if not credentials:
+        raise ConfigError("no API credentials given (expected user:password)")
+    return credentials
+
+
+def basic_auth(credentials: Mapping[str, str]) -> Callable[..., str]:
+    """A FastAPI dependency that accepts HTTP Basic auth with one of ``credentials`` (else 401)."""
+    expected = {user.encode("utf-8"): password.encode("utf-8") for user, password in credentials.items()}
+    security = HTTPBasic(auto_error=True)
+
+    def check_credentials(creds: HTTPBasicCredentials = Depends(security)) -> str:  # noqa: B008
+        user = creds.username.encode("utf-8")
+        password = expected.get(user, secrets.token_bytes(16))  # compare anyway: no timing hint for users
+        if user in expected and secrets.compare_digest(creds.password.encode("utf-8"), password):
+            return creds.username
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
+        )
+
+    return check_credentials
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def http_error(err: BaseException) -> HTTPException:
+    """An ``HTTPException`` for an error a request caused, with its message as ``detail``."""
+    if isinstance(err, HTTPException):
+        return err
+    if isinstance(err, (ModelNotFound, JobNotFound)):
+        status = 404
+    elif isinstance(err, ImageError):
+        status = 400
+    elif isinstance(err, (ConfigError, VocabularyError)):
+        status = 422
+    elif isinstance(err, DownloadError):
+        status = 409  # the model must be installed first (downloads are off, or the download failed)
+    elif isinstance(err, CheckpointError):
+        status = 500  # a broken model file on the server: not the request's fault
+    elif isinstance(err, IcgError):
+        status = 400
+    else:
+        status = 500
+    return HTTPException(status_code=status, detail=str(err) or type(err).__name__)
+
+
+def decode_image(data: str):
+    """A base64 string (or ``data:image/...;base64,`` URL) -> an upright RGB PIL image; 400 when it isn't."""
+    from icg.imaging import load_image
+
+    text = data.strip()
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise HTTPException(
+                status_code=400, detail="image: a data URL must be base64 (data:...;base64,...)"
+            )
+    text = "".join(text.split())
+    text += "=" * (-len(text) % 4)  # tolerate stripped padding
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            raw = base64.urlsafe_b64decode(text)
+        except (binascii.Error, ValueError):
+            raise HTTPException(status_code=400, detail="image: not valid base64") from None
+    if not raw:
+        raise HTTPException(status_code=400, detail="image: empty")
+    try:
+        return load_image(raw)
+    except ImageError as err:
+        raise HTTPException(status_code=400, detail=f"image: not a readable image ({err})") from err
+
+
+def decoding_overrides(decoding: DecodingOptions | None, num_candidates: int | None) -> dict[str, Any]:
+    overrides = _dump(decoding) if decoding is not None else {}
+    if num_candidates is not None:
+        overrides["num_samples"] = num_candidates
+    if overrides.get("seed") == -1:
+        overrides["seed"] = None
+    return overrides
+
+
+def prompt_template(service: Any, options: TemplateOptions | None):
+    """The service's template (its settings) with the request's fields on top."""
+    from icg.prompt import PromptTemplate
+
+    base = service.prompt_template() if hasattr(service, "prompt_template") else PromptTemplate()
+    changes = _dump(options) if options is not None else {}
+    try:
+        return base.__class__(**{**_fields(base), **changes})
+    except TypeError as err:  # pragma: no cover - the fields are PromptTemplate's own
+        raise ConfigError(f"invalid prompt template options: {err}") from err
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
+    candidates = [{"text": c.text, "score": c.score} for c in result.candidates]
+    return {
+        "caption": result.caption,
+        "prompt": prompt,
+        "model": result.model,
+        "candidates": candidates,
+        "scores": [c["score"] for c in candidates],
+        "score_kind": result.score_kind,
+        "keywords": [{"text": k.text, "score": float(k.score), "step": k.step} for k in result.keywords],
+        "seed": result.seed,
+        "decoding": dict(result.decoding),
+        "timings": {k: float(v) for k, v in result.timings.items()},
+    }
+
+
+def describe_models(service: Any) -> dict[str, Any]:
+    """The models a user can choose, with what is installed: the ``GET /models`` payload (and the
+    WebUI's Models panel). Registry models count as installed when their files and the files of the
+    models they need (CLIP, tokenizer, vocabulary) are all there."""
+    from icg.models.download import expected_size, local_size, missing_downloads, present, ready_to_convert
+    from icg.models.registry import load_registry, with_requirements
+
+    manager = service.manager
+    root = Path(manager.models_dir)
+    registry = load_registry()
+    loaded = manager.loaded()
+    default = service.default_model()
+    rows = []
+    for name in service.model_choices():
+        entry = registry.get(name)
+        if entry is None:
+            path = Path(name).expanduser()
+            folder = path if path.exists() else root / name
+            rows.append(
+                {
+                    "id": name,
+                    "name": folder.name,
+                    "kind": _local_kind(folder),
+                    "description": f"local model at {folder}",
+                    "installed": folder.exists(),
+                    "missing": [] if folder.exists() else [str(folder)],
+                    "size_bytes": _tree_size(folder),
+                    "expected_bytes": None,
+                    "manual_only": True,
+                    "loaded": name in loaded.get("captioners", []),
+                    "default": name == default,
+                }
+            )
+            continue
+        needed = with_requirements([entry], registry)
+        # Downloaded originals (a .pt, the vocabulary pickles) are converted on first use: installed.
+        waiting = [e for e in needed if not present(e, root) and not ready_to_convert(e, root)]
+        missing = [f"{e.id}/{f}" for e in waiting for f in missing_downloads(e, root)]
+        sizes = [expected_size(e) for e in needed]
+        rows.append(
+            {
+                "id": entry.id,
+                "name": entry.display_name,
+                "kind": entry.kind,
+                "description": entry.description,
+                "installed": not waiting,
+                "missing": missing,
+                "size_bytes": sum(local_size(e, root) for e in needed),
+                "expected_bytes": None if None in sizes else sum(sizes),
+                "manual_only": any(e.manual_only for e in waiting),
+                "loaded": entry.id in loaded.get("captioners", []),
+                "default": entry.id == default,
+            }
+        )
+    return {"default": default, "models_dir": str(root), "models": rows, "loaded": loaded}
+
+
+def _local_kind(folder: Path) -> str:
+    from icg.models.loading import detect_kind
+
+    try:
+        return detect_kind(folder)
+    except (IcgError, OSError):
+        return "unknown"
+
+
+def _tree_size(path: Path) -> int:
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+def check_model(service: Any, model: str | None) -> str:
+    """``model`` (or the default) if it is one the service offers; 404 otherwise. Arbitrary server paths
+    are never loaded through the API."""
+    name = model or service.default_model()
+    choices = service.model_choices()
+    if name not in choices:
+        raise HTTPException(
+            status_code=404,
+            detail=f"unknown model {name!r}; choose one of: {', '.join(choices)} (GET {API_PREFIX}/models)",
+        )
+    return name
+
+
+# ------------------------------------------------------------------------------------------ routes
+def mount_api(
+    app: Any,
+    service: Any,
+    *,
+    auth: Callable[..., Any] | None = None,
+    queue_lock: Any = None,
+    hide_dirs: bool = False,
+    jobs: JobRegistry | None = None,
+    prefix: str = API_PREFIX,
+) -> APIRouter:
+    """Add the ICG routes to the FastAPI ``app`` and return their router.
+
+    ``auth``: a FastAPI dependency every route depends on (e.g. ``basic_auth(...)``); ``queue_lock``: a
+    lock held around model work (the WebUI's, so captioning never runs beside image generation);
+    ``hide_dirs``: refuse folder batches (``--hide-ui-dir-config``); ``jobs``: where batch jobs run
+    (default: a new ``JobRegistry``, kept as ``router.jobs``).
+    """
+    router = APIRouter(prefix=prefix, tags=["Image Caption"], dependencies=[Depends(auth)] if auth else [])
+    lock = queue_lock if queue_lock is not None else contextlib.nullcontext()
+    registry = jobs if jobs is not None else JobRegistry()
+    router.jobs = registry  # type: ignore[attr-defined]
+
+    def guarded(work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        except HTTPException:
+            raise
+        except IcgError as err:
+            raise http_error(err) from err
+        except Exception as err:  # a bug: log it, answer 500 with the reason
+            logger.exception("ICG API request failed")
+            raise HTTPException(
+                status_code=500, detail=f"internal error: {type(err).__name__}: {err}"
+            ) from err
+
+    @router.get("/models", response_model=ModelsResponse)
+    def list_models() -> dict[str, Any]:
+        return guarded(lambda: describe_models(service))
+
+    @router.post("/caption", response_model=CaptionResponse)
+    def caption(request: CaptionRequest) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            keywords = request.keywords
+            if isinstance(keywords, str):
+                keywords = [k for k in keywords.split(",") if k.strip()]
+            if keywords is not None and len(keywords) > MAX_KEYWORDS:
+                raise HTTPException(status_code=422, detail=f"keywords: at most {MAX_KEYWORDS}")
+            if request.image is None and not keywords:
+                raise HTTPException(status_code=422, detail="give an image (base64) or keywords")
+            model = check_model(service, request.model)
+            template = prompt_template(service, request.template)
+            overrides = decoding_overrides(request.decoding, request.num_candidates)
+            image = decode_image(request.image) if request.image is not None else None
+            with lock:
+                if keywords:
+                    result = service.caption_keywords(keywords, model, overrides, image=image)
+                else:
+                    result = service.caption(image, model, overrides)
+            prompt = template.compose(result.caption, [k.text for k in result.keywords])
+            return caption_payload(result, prompt)
+
+        return guarded(work)
+
+    @router.post("/batch", response_model=JobOut, status_code=202)
+    def start_batch(request: BatchRequest) -> dict[str, Any]:
+        if hide_dirs:
+            raise HTTPException(
+                status_code=403, detail="folder batches are disabled on this server (--hide-ui-dir-config)"
+            )
+
+        def work() -> dict[str, Any]:
+            model = check_model(service, request.model)
+            options = batch_options(service, request, model)
+            total = len(service.plan_batch(options).todo)  # fails fast on an unreadable folder
+            return registry.submit(batch_work(service, options, lock), kind="batch", total=total).snapshot()
+
+        return guarded(work)
+
+    @router.get("/batch", response_model=JobsResponse)
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [job.snapshot() for job in registry.jobs()]}
+
+    @router.get("/batch/{job_id}", response_model=JobOut)
+    def job_status(job_id: str) -> dict[str, Any]:
+        return guarded(lambda: registry.get(job_id).snapshot())
+
+    @router.post("/batch/{job_id}/stop", response_model=JobOut)
+    def stop_job(job_id: str) -> dict[str, Any]:
+        return guarded(lambda: registry.stop(job_id).snapshot())
+
+    @router.post("/unload", response_model=UnloadResponse)
+    def unload() -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            with lock:
+                if hasattr(service, "unload"):
+                    service.unload()
+                else:
+                    service.manager.unload()
+            return {"unloaded": True, "loaded": service.manager.loaded()}
+
+        return guarded(work)
+
+    app.include_router(router)
+    logger.info("ICG API mounted at %s%s", prefix, " (with auth)" if auth else "")
+    return router
+
+
+# ------------------------------------------------------------------------------------------ batches
+def batch_options(service: Any, request: BatchRequest, model: str) -> Any:
+    """The engine's ``BatchOptions`` for a request; the service's settings fill what it leaves out."""
+    from icg.batch.engine import BATCH_TEMPLATE, BatchOptions
+    from icg.prompt import PromptTemplate
+
+    folder = Path(request.folder).expanduser()
+    if not folder.is_dir():
+        raise HTTPException(status_code=404, detail=f"folder not found on the server: {folder}")
+    defaults = dict(service.batch_defaults()) if hasattr(service, "batch_defaults") else {}
+    base = defaults.pop("template", None) or PromptTemplate(BATCH_TEMPLATE)
+    changes = _dump(request.template) if request.template is not None else {}
+    given = {
+        "policy": request.policy,
+        "sidecar_extension": request.extension,
+        "output_dir": request.output_dir,
+        "manifest": request.manifest,
+        "batch_size": request.batch_size,
+    }
+    values = {k: v for k, v in defaults.items() if k in _BATCH_DEFAULT_KEYS}
+    values.update({k: v for k, v in given.items() if v is not None})
+    return BatchOptions(
+        root=str(folder),
+        model=model,
+        recursive=request.recursive,
+        write_sidecars=request.sidecars,
+        template=PromptTemplate(**{**_fields(base), **changes}),
+        decoding={
+            **dict(defaults.get("decoding") or {}),
+            **decoding_overrides(request.decoding, request.num_candidates),
+        },
+        dry_run=request.dry_run,
+        **values,
+    )
+
+
+_BATCH_DEFAULT_KEYS = ("policy", "sidecar_extension", "batch_size", "separator")
+
+
+def batch_work(service: Any, options: Any, lock: Any) -> Callable[[Any], dict[str, Any]]:
+    """The job function for a folder batch: runs the engine under ``lock`` and returns its summary."""
+
+    def work(job: Any) -> dict[str, Any]:
+        def on_progress(done: int, total: int, info: Mapping[str, Any] | None = None) -> None:
+            info = info or {}
+            job.progress(done, total, failed=info.get("failed"), current=info.get("current") or None)
+
+        with lock:
+            if job.should_stop():
+                return {"stopped": True}
+            summary = service.run_batch(options, on_progress=on_progress, should_stop=job.should_stop)
+        return summary_dict(summary)
+
+    return work
+
+
+def summary_dict(summary: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a ``BatchSummary``."""
+    if summary is None:
+        return {}
+    data = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
+    return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

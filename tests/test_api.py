@@ -1,0 +1,370 @@
+"""The HTTP API (icg.api) on a bare FastAPI app, with the library's CaptionService and the fixture models:
+models listing, captions from base64 images and from keywords, auth, --hide-ui-dir-config, bad payloads
+(4xx, never 500), and a folder batch polled to completion."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from icg.api import basic_auth, decode_image, mount_api, parse_credentials
+from icg.errors import ConfigError
+from icg.jobs import DONE, FAILED, QUEUED, STOPPED, JobNotFound, JobRegistry
+from icg.ui.service import CaptionService
+from tests.webui_support import (
+    SBG_LOCAL,
+    fixture_files,
+    make_manager,
+    models_folder,
+    png_base64,
+    write_images,
+)
+
+
+@pytest.fixture(scope="module")
+def files():
+    return fixture_files()
+
+
+@pytest.fixture(scope="module")
+def service(files, tmp_path_factory):
+    root = models_folder(tmp_path_factory.mktemp("models"), files)
+    manager = make_manager(files, root)
+    prefix = files["clip_prefix_pt"]
+    yield CaptionService(manager, models=[prefix], default_model=prefix)
+    manager.unload()
+
+
+class CountingLock:
+    """A lock that counts how often it was taken (the WebUI's queue_lock stand-in)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entered = 0
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def client_for(service, **kwargs) -> tuple[TestClient, object]:
+    app = FastAPI()
+    router = mount_api(app, service, **kwargs)
+    return TestClient(app), router
+
+
+def wait_for(client, job_id, auth=None, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/icg/v1/batch/{job_id}", auth=auth).json()
+        if body["status"] in (DONE, FAILED, STOPPED) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_models_lists_choices_with_install_state(service, files):
+    client, _ = client_for(service)
+    response = client.get("/icg/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    by_id = {m["id"]: m for m in body["models"]}
+    assert body["default"] == files["clip_prefix_pt"]
+    assert by_id[files["clip_prefix_pt"]]["installed"] and by_id[files["clip_prefix_pt"]]["default"]
+    assert by_id[SBG_LOCAL]["kind"] == "sbg" and by_id[SBG_LOCAL]["size_bytes"] > 0
+    flickr = by_id["clip-prefix-flickr8k"]  # a registry model nobody downloaded here
+    assert flickr["installed"] is False
+    assert any(f.startswith("clip-prefix-flickr8k/") for f in flickr["missing"])
+
+
+# ------------------------------------------------------------------------------------------ captions
+def test_caption_from_base64_image(service, files):
+    lock = CountingLock()
+    client, _ = client_for(service, queue_lock=lock)
+    response = client.post(
+        "/icg/v1/caption",
+        json={
+            "image": png_base64(),
+            "decoding": {"strategy": "beam", "num_beams": 2, "max_new_tokens": 5},
+            "template": {"template": "{prefix}, {caption}", "prefix": "photo"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == files["clip_prefix_pt"]
+    assert body["decoding"]["strategy"] == "beam" and body["decoding"]["num_beams"] == 2
+    assert len(body["candidates"]) == 2 and len(body["scores"]) == 2
+    assert body["scores"] == [c["score"] for c in body["candidates"]]
+    assert body["prompt"].startswith("photo")
+    assert lock.entered == 1  # the model work ran under the host's lock
+
+
+def test_caption_accepts_a_data_url_and_is_seeded(service):
+    client, _ = client_for(service)
+    payload = {
+        "image": "data:image/png;base64," + png_base64(color=(10, 200, 30)),
+        "decoding": {"strategy": "sample", "seed": 7, "max_new_tokens": 6},
+        "num_candidates": 3,
+    }
+    first = client.post("/icg/v1/caption", json=payload)
+    second = client.post("/icg/v1/caption", json=payload)
+    assert first.status_code == 200, first.text
+    assert first.json()["seed"] == 7 and len(first.json()["candidates"]) == 3
+    assert first.json()["caption"] == second.json()["caption"]
+
+
+def test_caption_from_keywords_with_an_sbg_model(service):
+    client, _ = client_for(service)
+    response = client.post(
+        "/icg/v1/caption",
+        json={
+            "keywords": "dog, grass",
+            "model": SBG_LOCAL,
+            "num_candidates": 2,
+            "decoding": {"seed": 3, "max_new_tokens": 8},
+            "template": {"template": "{caption}, {keywords}"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [k["text"] for k in body["keywords"]] == ["dog", "grass"]
+    assert {k["step"] for k in body["keywords"]} == {"user"}
+    assert body["score_kind"] == "logprob" and len(body["candidates"]) == 2
+    assert body["prompt"].endswith("dog, grass")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"image": "not base64 at all!!"}, 400, "base64"),
+        ({"image": "aGVsbG8gd29ybGQ="}, 400, "not a readable image"),  # "hello world"
+        ({"image": "data:image/png,abc"}, 400, "base64"),
+        ({}, 422, "image"),
+        ({"keywords": []}, 422, "image"),
+        ({"image": "x", "model": "no-such-model"}, 404, "unknown model"),
+        ({"image": "x", "num_candidates": 0}, 422, ""),
+        ({"image": "x", "decoding": {"temperature": -1}}, 422, ""),
+        ({"image": "x", "decoding": {"top_p": 2}}, 422, ""),
+        ({"image": "x", "decoding": {"strategy": "nucleus"}}, 422, ""),
+        ({"image": "x", "decoding": {"max_new_tokens": 100000}}, 422, ""),
+        ({"image": "x", "temprature": 1.0}, 422, ""),
+        ({"image": "x", "template": {"template": "{nope}"}}, 422, "placeholder"),
+        ({"keywords": ["dog"], "model": "FIXTURE_PREFIX"}, 422, "keywords"),
+    ],
+)
+def test_bad_caption_requests_are_4xx_with_a_message(service, files, payload, status, needle):
+    client, _ = client_for(service)
+    if payload.get("model") == "FIXTURE_PREFIX":
+        payload = {**payload, "model": files["clip_prefix_pt"]}
+    response = client.post("/icg/v1/caption", json=payload)
+    assert response.status_code == status, response.text
+    assert needle.lower() in response.text.lower()
+
+
+def test_malformed_json_is_422_not_500(service):
+    client, _ = client_for(service)
+    response = client.post(
+        "/icg/v1/caption", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+def test_decode_image_refuses_empty_and_accepts_unpadded(service):
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as err:
+        decode_image("")
+    assert err.value.status_code == 400
+    image = decode_image(png_base64().rstrip("="))
+    assert image.mode == "RGB" and image.size == (40, 32)
+
+
+# ------------------------------------------------------------------------------------------ auth
+def test_auth_on_protects_every_route(service):
+    client, _ = client_for(service, auth=basic_auth(parse_credentials("alice:s3:cret,bob:pw")))
+    assert client.get("/icg/v1/models").status_code == 401
+    denied = client.get("/icg/v1/models", auth=("alice", "wrong"))
+    assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Basic"
+    assert client.get("/icg/v1/models", auth=("mallory", "pw")).status_code == 401
+    assert client.post("/icg/v1/unload").status_code == 401
+    assert client.get("/icg/v1/batch/none").status_code == 401
+    assert client.get("/icg/v1/models", auth=("alice", "s3:cret")).status_code == 200
+    assert client.get("/icg/v1/models", auth=("bob", "pw")).status_code == 200
+
+
+def test_auth_off_needs_no_credentials(service):
+    client, _ = client_for(service)
+    assert client.get("/icg/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize("text", ["", "alice", ":pw", " , "])
+def test_malformed_credentials_are_refused(text):
+    with pytest.raises(ConfigError):
+        parse_credentials(text)
+
+
+# ------------------------------------------------------------------------------------------ batches
+def test_batch_job_polled_to_completion(service, files, tmp_path):
+    folder = tmp_path / "photos"
+    images = write_images(folder, 3)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "img0.txt").write_text("kept as it was\n", encoding="utf-8")
+    lock = CountingLock()
+    client, router = client_for(service, queue_lock=lock)
+    response = client.post(
+        "/icg/v1/batch",
+        json={
+            "folder": str(folder),
+            "policy": "skip",
+            "manifest": str(tmp_path / "out.jsonl"),
+            "decoding": {"max_new_tokens": 4},
+            "batch_size": 2,
+        },
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] in ("queued", "running", "done") and job["total"] == 4
+    body = wait_for(client, job["id"])
+    assert body["status"] == DONE, body
+    assert body["progress"] == 1.0 and body["done"] == 4
+    summary = body["summary"]
+    assert summary["counts"]["new"] == 2 and summary["counts"]["manifest_only"] == 1
+    assert summary["failed"] == 1 and summary["failures"][0]["key"] == "broken.png"
+    assert (folder / "img0.txt").read_text(encoding="utf-8") == "kept as it was\n"
+    for image in images[1:]:
+        assert image.with_suffix(".txt").read_text(encoding="utf-8").strip()
+    assert (tmp_path / "out.jsonl").is_file()
+    assert lock.entered == 1
+    listed = client.get("/icg/v1/batch").json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert router.jobs.get(job["id"]).finished
+
+
+def test_batch_dry_run_writes_nothing(service, tmp_path):
+    folder = tmp_path / "dry"
+    write_images(folder, 2)
+    client, _ = client_for(service)
+    response = client.post(
+        "/icg/v1/batch", json={"folder": str(folder), "dry_run": True, "decoding": {"max_new_tokens": 3}}
+    )
+    assert response.status_code == 202, response.text
+    body = wait_for(client, response.json()["id"])
+    assert body["status"] == DONE and body["summary"]["dry_run"] is True
+    assert len(body["summary"]["preview"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img1.png"]
+
+
+def test_batch_refused_under_hide_dirs(service, tmp_path):
+    write_images(tmp_path, 1)
+    client, _ = client_for(service, hide_dirs=True)
+    response = client.post("/icg/v1/batch", json={"folder": str(tmp_path)})
+    assert response.status_code == 403 and "hide-ui-dir-config" in response.text
+    assert not (tmp_path / "img0.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"folder": "/no/such/folder/anywhere"}, 404),
+        ({"folder": ""}, 422),
+        ({}, 422),
+        ({"folder": "FOLDER", "policy": "clobber"}, 422),
+        ({"folder": "FOLDER", "extension": ".png"}, 422),
+        ({"folder": "FOLDER", "manifest": "out.xml"}, 422),
+        ({"folder": "FOLDER", "sidecars": False}, 422),
+        ({"folder": "FOLDER", "batch_size": 0}, 422),
+        ({"folder": "FOLDER", "model": "no-such-model"}, 404),
+    ],
+)
+def test_bad_batch_requests_are_4xx(service, tmp_path, payload, status):
+    write_images(tmp_path, 1)
+    if payload.get("folder") == "FOLDER":
+        payload = {**payload, "folder": str(tmp_path)}
+    client, _ = client_for(service)
+    response = client.post("/icg/v1/batch", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_unknown_job_is_404(service):
+    client, _ = client_for(service)
+    assert client.get("/icg/v1/batch/batch-99-deadbeef").status_code == 404
+    assert client.post("/icg/v1/batch/batch-99-deadbeef/stop").status_code == 404
+
+
+def test_unload_frees_the_models(service):
+    client, _ = client_for(service)
+    assert client.post("/icg/v1/caption", json={"image": png_base64()}).status_code == 200
+    assert service.manager.loaded()["captioners"]
+    response = client.post("/icg/v1/unload")
+    assert response.status_code == 200
+    assert response.json()["unloaded"] is True and response.json()["loaded"]["captioners"] == []
+
+
+# ------------------------------------------------------------------------------------------ job registry
+def test_registry_runs_jobs_in_order_and_stops_queued_ones():
+    registry = JobRegistry()
+    gate = threading.Event()
+    order = []
+
+    def blocker(job):
+        gate.wait(10)
+        order.append("first")
+        return {"n": 1}
+
+    def second(job):
+        order.append("second")
+        return {"n": 2}
+
+    first = registry.submit(blocker)
+    queued = registry.submit(second)
+    third = registry.submit(second, total=5)
+    assert registry.get(third.id).snapshot()["total"] == 5
+    registry.stop(queued.id)
+    assert queued.status == STOPPED
+    gate.set()
+    assert registry.wait(third.id, timeout=10).status == DONE
+    assert order == ["first", "second"]
+    assert first.snapshot()["summary"] == {"n": 1}
+
+
+def test_registry_reports_failures_and_progress():
+    from icg.errors import ImageError
+
+    registry = JobRegistry()
+
+    def failing(job):
+        job.progress(1, 4, current="a.png")
+        raise ImageError("a.png: broken")
+
+    def buggy(job):
+        raise ZeroDivisionError("oops")
+
+    job = registry.wait(registry.submit(failing).id, timeout=10)
+    snap = job.snapshot()
+    assert snap["status"] == FAILED and snap["error"] == "a.png: broken"
+    assert snap["done"] == 1 and snap["total"] == 4 and snap["progress"] == 0.25
+    assert (
+        registry.wait(registry.submit(buggy).id, timeout=10).snapshot()["error"] == "ZeroDivisionError: oops"
+    )
+    with pytest.raises(JobNotFound):
+        registry.get("nope")
+
+
+def test_registry_forgets_old_finished_jobs():
+    registry = JobRegistry(keep=2)
+    ids = [registry.submit(lambda job: {}).id for _ in range(4)]
+    registry.wait(ids[-1], timeout=10)
+    registry.submit(lambda job: {})  # forgetting happens on submit
+    known = {job.id for job in registry.jobs()}
+    assert ids[0] not in known and ids[-1] in known
+    assert QUEUED not in {j.status for j in registry.jobs() if j.id in ids}

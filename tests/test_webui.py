@@ -1,0 +1,586 @@
+"""The WebUI adapter (icg/webui.py) and scripts/*.py against a fake ``modules`` package (tests/webui_fakes)
+with the WebUI's real signatures: callbacks registered, settings, the tab built under the installed gradio,
+Send-to and Append buttons, the img2img button, device etiquette, shared.state jobs, the API mount and
+auto-captions, driven with the fixture models."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.webui_support import (
+    fake_webui,
+    fixture_files,
+    load_script,
+    make_manager,
+    models_folder,
+    png_base64,
+    write_images,
+)
+
+gr = pytest.importorskip("gradio")
+
+ICG_KEYS = {
+    "icg_default_model",
+    "icg_img2img_model",
+    "icg_strategy",
+    "icg_num_beams",
+    "icg_max_new_tokens",
+    "icg_num_candidates",
+    "icg_seed",
+    "icg_template",
+    "icg_prefix",
+    "icg_suffix",
+    "icg_prompt_mode",
+    "icg_sidecar_policy",
+    "icg_sidecar_extension",
+    "icg_keep_models_in_memory",
+    "icg_models_dir",
+    "icg_allow_download",
+    "icg_autocaption",
+    "icg_autocaption_model",
+}
+
+
+@pytest.fixture(scope="module")
+def files():
+    return fixture_files()
+
+
+@pytest.fixture(scope="module")
+def models_dir(files, tmp_path_factory):
+    return models_folder(tmp_path_factory.mktemp("webui-models"), files)
+
+
+@pytest.fixture(scope="module")
+def manager(files, models_dir):
+    manager = make_manager(files, models_dir)
+    yield manager
+    manager.unload()
+
+
+@dataclasses.dataclass
+class Env:
+    modules: object
+    adapter: object
+    files: dict
+    tmp: object
+
+    @property
+    def shared(self):
+        from modules import shared
+
+        return shared
+
+    @property
+    def callbacks(self):
+        from modules import script_callbacks
+
+        return script_callbacks
+
+    def start(self, manager=None):
+        """Load both scripts, register the settings, use a service over ``manager``."""
+        self.tab_script = load_script("icg_tab")
+        self.img2img_script = load_script("icg_img2img")
+        self.callbacks.ui_settings_callback()
+        self.shared.opts.icg_default_model = self.files["clip_prefix_pt"]
+        self.shared.opts.icg_max_new_tokens = 4
+        if manager is not None:
+            self.service = self.adapter.WebUIService(manager, models=(self.files["clip_prefix_pt"],))
+            self.adapter.set_service(self.service)
+        return self
+
+
+@pytest.fixture
+def webui_env(files, models_dir, tmp_path, monkeypatch, request):
+    """The fake WebUI with the extension's flags; ``webui_env.flags`` may be set through indirect params."""
+    flags = dict(icg_models_dir=str(models_dir), icg_offline=True)
+    flags.update(getattr(request, "param", {}) or {})
+    monkeypatch.setenv("ICG_FAKE_WEBUI_ROOT", str(tmp_path / "webui"))
+    with fake_webui(**flags) as modules:
+        from icg import webui as adapter
+
+        adapter.reset_service()
+        try:
+            yield Env(modules=modules, adapter=adapter, files=files, tmp=tmp_path)
+        finally:
+            adapter.set_service(None)
+            adapter._COMPONENTS.clear()
+            adapter._AUTOCAPTIONER = None
+
+
+def events(blocks):
+    """(trigger ids, input ids, output ids, js) of every event of ``blocks`` (gradio 3.x and 4+)."""
+    deps = getattr(blocks, "dependencies", None)
+    if isinstance(deps, list) and (not deps or isinstance(deps[0], dict)):
+        return [(set(d["targets"]), list(d["inputs"]), list(d["outputs"]), d.get("js")) for d in deps]
+    fns = blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns
+    return [
+        ({t[0] for t in f.targets}, [c._id for c in f.inputs], [c._id for c in f.outputs], f.js) for f in fns
+    ]
+
+
+# ------------------------------------------------------------------------------------------ registration
+def test_scripts_register_every_callback(webui_env):
+    env = webui_env.start()
+    callback_map = env.callbacks.callback_map
+    expected = {
+        "callbacks_ui_settings": env.adapter.on_ui_settings,
+        "callbacks_ui_tabs": env.adapter.on_ui_tabs,
+        "callbacks_after_component": env.adapter.on_after_component,
+        "callbacks_app_started": env.adapter.on_app_started,
+        "callbacks_image_saved": env.adapter.on_image_saved,
+        "callbacks_script_unloaded": env.adapter.on_script_unloaded,
+    }
+    for name, function in expected.items():
+        assert [c.callback for c in callback_map[name]] == [function], name
+    from modules import scripts
+
+    script_class = env.img2img_script.Img2ImgCaptionScript
+    assert issubclass(script_class, scripts.Script)
+    script = script_class()
+    assert script.show(True) is scripts.AlwaysVisible and script.show(False) is False
+    assert script.title() == "Image Caption"
+
+
+def test_settings_section_keys_and_defaults(webui_env):
+    env = webui_env.start()
+    labels = env.shared.opts.data_labels
+    icg = {key: info for key, info in labels.items() if key.startswith("icg_")}
+    assert set(icg) == ICG_KEYS
+    assert {info.section for info in icg.values()} == {("icg", "Image Caption")}
+    assert {info.category_id for info in icg.values()} == {"postprocessing"}
+    assert env.shared.opts.icg_autocaption is False
+    assert env.shared.opts.icg_keep_models_in_memory is False
+    assert env.shared.opts.icg_sidecar_policy == "skip"
+    assert {f"icg_{f.name}" for f in dataclasses.fields(env.adapter.Settings)} == ICG_KEYS
+    assert "icg_models_dir" in env.shared.restricted_opts
+    assert labels["icg_models_dir"].component_args == {"visible": True}
+    choices = labels["icg_default_model"].component_args()["choices"]
+    assert choices[0] == env.files["clip_prefix_pt"]  # the default model setting comes first
+    assert "sbg-tiny" in choices and "clip-prefix-flickr8k" in choices
+    assert labels["icg_autocaption_model"].component_args()["choices"][0] == "default"
+
+
+@pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
+def test_hide_ui_dir_config_hides_the_models_folder_setting(webui_env):
+    env = webui_env.start()
+    assert env.shared.opts.data_labels["icg_models_dir"].component_args == {"visible": False}
+
+
+# ------------------------------------------------------------------------------------------ tab
+def test_tab_builds_with_send_and_append_buttons(webui_env, manager):
+    env = webui_env.start(manager)
+    with gr.Blocks() as page:  # the WebUI builds txt2img and img2img before the extension tabs
+        prompts = {}
+        for elem_id in ("txt2img_prompt", "img2img_prompt"):
+            prompts[elem_id] = gr.Textbox(elem_id=elem_id)
+            env.callbacks.after_component_callback(prompts[elem_id], elem_id=elem_id)
+    assert page is not None
+    tabs = env.callbacks.ui_tabs_callback()
+    assert len(tabs) == 1
+    blocks, title, elem_id = tabs[0]
+    assert isinstance(blocks, gr.Blocks) and title == "Image Caption" and elem_id == "icg"
+    ids = [getattr(b, "elem_id", None) for b in blocks.blocks.values()]
+    assert all(i.startswith("icg_") for i in ids if i), [i for i in ids if i and not i.startswith("icg_")]
+    for expected in ("icg_image", "icg_caption_button", "icg_prompt", "icg_batch_folder", "icg_models_table"):
+        assert expected in ids
+
+    from modules import infotext_utils
+
+    bindings = {b.tabname: b for b in infotext_utils.registered_param_bindings}
+    assert set(bindings) == {"txt2img", "img2img", "inpaint"}
+    prompt = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "icg_prompt")
+    image = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "icg_image")
+    assert all(b.source_text_component is prompt for b in bindings.values())
+    assert bindings["txt2img"].source_image_component is None
+    assert bindings["img2img"].source_image_component is image
+    assert bindings["inpaint"].source_image_component is image
+    assert all(b.paste_button.elem_id == f"icg_send_{t}" for t, b in bindings.items())
+
+    append = [e for e in events(blocks) if prompts["txt2img_prompt"]._id in e[2]]
+    assert len(append) == 1
+    (_, inputs, outputs, js) = append[0]
+    assert inputs == [prompts["txt2img_prompt"]._id, prompt._id] and "icgInsertAtCursor" in js
+
+
+def test_tab_panels_drive_the_webui_service(webui_env, manager, tmp_path):
+    """The panels' own controllers, as the page calls them, run as WebUI jobs with the settings."""
+    env = webui_env.start(manager)
+    parts = env.adapter.build_tab()
+    caption = parts.panels.caption
+    values = [c.value for c in caption.decoding.inputs()] + [c.value for c in caption.prompt_inputs]
+    image = Image.new("RGB", (40, 30), (10, 90, 160))
+    text, info, candidates, keywords, prompt = caption.controller.caption_event(
+        image, caption.model.value, *values
+    )
+    assert caption.model.value == env.files["clip_prefix_pt"]
+    assert text and prompt and env.files["clip_prefix_pt"] in info
+    assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
+
+    from icg.batch.engine import BatchOptions
+
+    folder = tmp_path / "photos"
+    write_images(folder, 2)
+    job = parts.panels.batch.controller.start(
+        BatchOptions(root=folder, model=env.files["clip_prefix_pt"], decoding={"max_new_tokens": 3})
+    )
+    assert job.wait(120) and job.error is None and job.summary.captioned == 2
+    assert env.shared.state.history[-2:] == [("begin", "icg-batch"), ("end", "icg-batch")]
+    assert (folder / "img0.txt").is_file() and (folder / "img1.txt").is_file()
+
+
+def test_tab_defaults_follow_the_webui(webui_env, manager):
+    env = webui_env.start(manager)
+    env.shared.opts.outdir_samples = str(env.tmp / "my-outputs")
+    parts = env.adapter.build_tab()
+    assert parts.panels.batch.folder.value == str(env.tmp / "my-outputs")
+    assert parts.append_buttons == {}  # no prompt boxes were built: nothing to append to
+    env.shared.opts.outdir_samples = ""
+    webui_root = env.tmp / "webui" / "outputs"
+    assert env.adapter.default_output_folder() == str(webui_root)
+
+
+@pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
+def test_tab_under_hide_ui_dir_config_fixes_the_folders(webui_env, manager):
+    env = webui_env.start(manager)
+    parts = env.adapter.build_tab()
+    assert parts.panels.batch.folder.interactive is False
+    assert parts.panels.batch.controller.defaults.allow_folders is False
+
+
+def test_append_prompt_keeps_what_is_there():
+    from icg.webui import append_prompt
+
+    assert append_prompt("a castle, night", "a dog, night") == "a castle, night, a dog"
+    assert append_prompt("", "a dog") == "a dog"
+    assert append_prompt("a castle", "") == "a castle"
+
+
+# ------------------------------------------------------------------------------------------ caption jobs
+def test_caption_job_uses_state_device_and_offload(webui_env, manager, monkeypatch):
+    env = webui_env.start(manager)
+    from modules import devices, lowvram
+
+    offloads = []
+    monkeypatch.setattr(manager, "offload", lambda: offloads.append(1))
+    image = Image.new("RGB", (40, 30), (20, 200, 20))
+    result = env.service.caption(image, env.files["clip_prefix_pt"])
+    assert result.caption and result.decoding["max_new_tokens"] == 4  # the setting applied
+    assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
+    assert offloads == [1] and devices.gc_calls >= 1
+    assert lowvram.calls == 0  # not --lowvram: the WebUI's models stay where they are
+
+    env.shared.opts.icg_keep_models_in_memory = True
+    env.service.caption(image, env.files["clip_prefix_pt"], {"max_new_tokens": 3})
+    assert offloads == [1]  # kept in memory
+
+
+@pytest.mark.parametrize("webui_env", [{"lowvram": True}], indirect=True)
+def test_lowvram_moves_the_webui_models_out_and_ours_after(webui_env, manager, monkeypatch):
+    env = webui_env.start(manager)
+    env.shared.opts.icg_keep_models_in_memory = True  # ignored under --lowvram
+    from modules import lowvram
+
+    offloads = []
+    monkeypatch.setattr(manager, "offload", lambda: offloads.append(1))
+    env.service.caption(Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"])
+    assert lowvram.calls == 1 and offloads == [1]
+
+
+def test_failed_job_still_ends_the_state_job(webui_env, manager):
+    env = webui_env.start(manager)
+    from icg.errors import IcgError
+
+    with pytest.raises(IcgError):
+        env.service.caption(Image.new("RGB", (32, 32)), "no-such-model")
+    assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
+    assert not env.service.lock.held_here
+
+
+@pytest.mark.parametrize("webui_env", [{"no_half": True, "use_cpu": ["interrogate"]}], indirect=True)
+def test_runtime_follows_the_flags(webui_env, files, models_dir, tmp_path):
+    env = webui_env.start()
+    runtime = env.adapter.runtime_config()
+    assert runtime.device == "cpu" and runtime.dtype == "float32"
+    assert runtime.models_dir == str(models_dir) and runtime.allow_download is False
+    manager = make_manager(files, models_dir, dtype="auto")
+    service = env.adapter.WebUIService(manager)
+    env.adapter.refresh_manager(service)
+    assert service.manager is not manager and service.manager.runtime.dtype == "float32"
+    assert service.manager.runtime.clip == files["clip_dir"]  # the overrides carry over
+
+
+def test_models_folder_precedence(webui_env, tmp_path):
+    env = webui_env.start()
+    env.shared.opts.icg_models_dir = str(tmp_path / "from-setting")
+    assert str(env.adapter.models_root()) == env.shared.cmd_opts.icg_models_dir  # the flag wins
+    env.shared.cmd_opts.icg_models_dir = None
+    assert env.adapter.models_root() == tmp_path / "from-setting"
+    env.shared.opts.icg_models_dir = ""
+    assert env.adapter.models_root() == tmp_path / "webui" / "models" / "icg"
+
+
+def test_batch_job_reports_progress_and_honours_interrupt(webui_env, manager, tmp_path):
+    env = webui_env.start(manager)
+    from icg.batch.engine import BatchOptions
+
+    folder = tmp_path / "photos"
+    write_images(folder, 3)
+    options = BatchOptions(root=folder, model=env.files["clip_prefix_pt"], batch_size=1, decoding={})
+    seen = []
+    summary = env.service.run_batch(options, on_progress=lambda d, t, i: seen.append((d, t)))
+    assert summary.captioned == 3 and seen[-1] == (3, 3)
+    assert env.shared.state.history[-2:] == [("begin", "icg-batch"), ("end", "icg-batch")]
+    assert env.shared.total_tqdm.updates == 3 and env.shared.total_tqdm.cleared == 1
+
+    more = tmp_path / "more"
+    write_images(more, 3)
+
+    def interrupt_after_first(done, total, info):
+        if done >= 1:
+            env.shared.state.interrupt()
+
+    options = BatchOptions(root=more, model=env.files["clip_prefix_pt"], batch_size=1)
+    summary = env.service.run_batch(options, on_progress=interrupt_after_first)
+    assert summary.stopped and summary.captioned == 1
+    assert env.shared.state.job == ""  # the job ended
+
+
+# ------------------------------------------------------------------------------------------ img2img
+def _img2img_page(env, *, toolbar=True):
+    from modules import scripts, ui_components
+
+    runner = scripts.ScriptRunner([env.img2img_script.Img2ImgCaptionScript], is_img2img=True)
+    made = {}
+    with gr.Blocks() as page:
+        made["prompt"] = gr.Textbox(elem_id="img2img_prompt")
+        runner.after_component(made["prompt"], elem_id="img2img_prompt")
+        with gr.Row(elem_id="img2img_tools") as tools:
+            names = ("interrogate", "deepbooru") if toolbar else ("paste",)
+            for name in names:
+                made[name] = ui_components.ToolButton("?", elem_id=name)
+                runner.after_component(made[name], elem_id=name)
+        for elem_id in ("img2img_image", "img2img_sketch", "img2maskimg"):
+            made[elem_id] = gr.Image(type="pil", elem_id=elem_id)
+            runner.after_component(made[elem_id], elem_id=elem_id)
+        runner.setup_ui()
+    return page, tools, runner.alwayson_scripts[0], made
+
+
+def test_img2img_button_sits_beside_the_interrogate_buttons(webui_env, manager):
+    env = webui_env.start(manager)
+    page, tools, script, made = _img2img_page(env)
+    assert [c.elem_id for c in tools.children] == ["interrogate", "deepbooru", "icg_img2img_caption"]
+    assert script.button is tools.children[-1] and script.wired
+    (event,) = [e for e in events(page) if script.button._id in e[0]]
+    _, inputs, outputs, js = event
+    image_ids = [made[i]._id for i in ("img2img_image", "img2img_sketch", "img2maskimg")]
+    assert inputs[1:] == [made["prompt"]._id, *image_ids] and outputs == [made["prompt"]._id]
+    assert "mode_img2img" in js
+    # the built-in buttons keep their own (absent here) wiring: nothing of ours is attached to them
+    assert not [e for e in events(page) if made["interrogate"]._id in e[0] or made["deepbooru"]._id in e[0]]
+
+
+def test_img2img_button_falls_back_to_an_accordion(webui_env, manager):
+    env = webui_env.start(manager)
+    page, tools, script, _ = _img2img_page(env, toolbar=False)
+    assert [c.elem_id for c in tools.children] == ["paste"]
+    assert script.button is not None and script.button.elem_id == "icg_img2img_caption" and script.wired
+    assert [e for e in events(page) if script.button._id in e[0]]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("replace", "{c}"), ("append", "a castle, {c}"), ("prepend", "{c}, a castle")],
+)
+def test_img2img_caption_merges_into_the_prompt(webui_env, manager, mode, expected):
+    env = webui_env.start(manager)
+    env.shared.opts.icg_prompt_mode = mode
+    env.shared.opts.icg_template = "{caption}"
+    image = Image.new("RGB", (40, 30), (90, 90, 200))
+    result = env.adapter.img2img_caption(0, "a castle", image, None, None)
+    caption = env.service.caption(image, env.files["clip_prefix_pt"]).caption.rstrip(".")
+    assert result == expected.format(c=caption)
+
+
+def test_img2img_button_reads_forge_canvas_backgrounds(webui_env, manager):
+    """Forge's ForgeCanvas gives the id to an HTML block and keeps the picture in a hidden component
+    with the class "logical_image_background"."""
+    env = webui_env.start(manager)
+    from modules import scripts, ui_components
+
+    runner = scripts.ScriptRunner([env.img2img_script.Img2ImgCaptionScript], is_img2img=True)
+    with gr.Blocks() as page:
+        prompt = gr.Textbox(elem_id="img2img_prompt")
+        runner.after_component(prompt, elem_id="img2img_prompt")
+        deepbooru = ui_components.ToolButton("?", elem_id="deepbooru")
+        runner.after_component(deepbooru, elem_id="deepbooru")
+        canvas = gr.HTML("<div></div>", elem_id="img2img_image")
+        runner.after_component(canvas, elem_id="img2img_image")
+        background = gr.Textbox(visible=False, elem_id="uuid_1", elem_classes=["logical_image_background"])
+        runner.after_component(background, elem_id="uuid_1", elem_classes=["logical_image_background"])
+        runner.setup_ui()
+    script = runner.alwayson_scripts[0]
+    (event,) = [e for e in events(page) if script.button._id in e[0]]
+    assert event[1][1:] == [prompt._id, background._id]
+
+
+def test_img2img_caption_picks_the_current_mode_image(webui_env):
+    from icg.errors import ConfigError
+    from icg.webui import img2img_caption, pick_image
+
+    a, b = Image.new("RGB", (8, 8)), Image.new("RGB", (9, 9))
+    assert pick_image(1, a, {"image": b, "mask": None}) is b
+    assert pick_image(0, None, {"background": b, "layers": [], "composite": None}) is b
+    assert pick_image("x", a, b) is a
+    assert pick_image(2, None, None, None) is None
+    assert pick_image(0, "<div>html</div>", b) is b
+    import numpy as np
+
+    assert pick_image(0, np.zeros((4, 5, 3), dtype=np.uint8)).size == (5, 4)
+    with pytest.raises(ConfigError, match="no init image"):
+        img2img_caption(0, "prompt", None, None)
+
+
+# ------------------------------------------------------------------------------------------ API mount
+def test_api_needs_the_api_flag(webui_env, manager):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    assert not [r for r in app.routes if getattr(r, "path", "").startswith("/icg/")]
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True, "api_auth": "user:pass"}], indirect=True)
+def test_api_mounted_with_the_webui_auth_and_lock(webui_env, manager):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    assert client.get("/icg/v1/models").status_code == 401
+    assert client.get("/icg/v1/models", auth=("user", "nope")).status_code == 401
+    models = client.get("/icg/v1/models", auth=("user", "pass"))
+    assert models.status_code == 200 and models.json()["default"] == env.files["clip_prefix_pt"]
+    response = client.post("/icg/v1/caption", json={"image": png_base64()}, auth=("user", "pass"))
+    assert response.status_code == 200, response.text
+    assert response.json()["decoding"]["max_new_tokens"] == 4  # the settings' decoding defaults
+    assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
+    from modules import call_queue
+
+    assert not call_queue.queue_lock.locked()
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True, "api_auth": "nocolon"}], indirect=True)
+def test_malformed_api_auth_mounts_nothing(webui_env, manager):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    assert TestClient(app).get("/icg/v1/models").status_code == 404
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True, "hide_ui_dir_config": True}], indirect=True)
+def test_api_batch_refused_under_hide_ui_dir_config(webui_env, manager, tmp_path):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    write_images(tmp_path, 1)
+    response = TestClient(app).post("/icg/v1/batch", json={"folder": str(tmp_path)})
+    assert response.status_code == 403
+
+
+def test_api_queue_lock_waits_for_generation(webui_env, manager):
+    """While the WebUI generates (holding queue_lock), an API caption waits, then runs."""
+    import threading
+
+    env = webui_env.start(manager)
+    env.shared.cmd_opts.api = True
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    from modules import call_queue
+
+    client = TestClient(app)
+    results = []
+    call_queue.queue_lock.acquire()
+    worker = threading.Thread(
+        target=lambda: results.append(client.post("/icg/v1/caption", json={"image": png_base64()}))
+    )
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive() and not results  # blocked behind the "generation"
+    call_queue.queue_lock.release()
+    worker.join(120)
+    assert results and results[0].status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ models panel
+def test_models_panel_rows_download_and_unload(webui_env, manager):
+    env = webui_env.start(manager)
+    rows = {r[0].replace(" (default)", ""): r for r in env.adapter.model_rows(env.service)}
+    assert rows[env.files["clip_prefix_pt"]][2] == "yes"
+    assert rows["sbg-tiny"][1] == "sbg" and rows["sbg-tiny"][2] == "yes"
+    assert rows["clip-prefix-flickr8k"][2].startswith("no")
+    from icg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="offline"):
+        env.adapter.download_models(env.service, "clip-prefix-flickr8k")
+    env.service.caption(Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"])
+    assert manager.loaded()["captioners"]
+    env.service.unload()
+    assert manager.loaded()["captioners"] == []
+
+
+# ------------------------------------------------------------------------------------------ auto-caption
+def _save(env, folder, name="00001-123.png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    Image.new("RGB", (40, 40), (250, 200, 0)).save(path)
+    params = env.callbacks.ImageSaveParams(Image.open(path), None, str(path), {"parameters": "x"})
+    env.callbacks.image_saved_callback(params)
+    return path
+
+
+def test_autocaption_is_off_by_default(webui_env, manager, tmp_path):
+    env = webui_env.start(manager)
+    path = _save(env, tmp_path / "out")
+    assert env.adapter._AUTOCAPTIONER is None or env.adapter.autocaptioner().join(60)
+    assert not path.with_suffix(".txt").exists()
+
+
+def test_autocaption_writes_a_sidecar_in_the_background(webui_env, manager, tmp_path):
+    env = webui_env.start(manager)
+    env.shared.opts.icg_autocaption = True
+    env.shared.opts.icg_sidecar_extension = ".caption"
+    env.shared.opts.icg_template = "{caption}"
+    from modules import call_queue
+
+    call_queue.queue_lock.acquire()  # the generation that saved the image still runs
+    started = time.monotonic()
+    paths = [_save(env, tmp_path / "out", f"0000{i}-1.png") for i in range(3)]
+    grid = _save(env, tmp_path / "out", "grid-0001.png")
+    assert time.monotonic() - started < 30  # the callbacks returned without captioning
+    assert not any(p.with_suffix(".caption").exists() for p in paths)
+    call_queue.queue_lock.release()
+    worker = env.adapter.autocaptioner()
+    assert worker.join(120)
+    for path in paths:
+        assert path.with_suffix(".caption").read_text(encoding="utf-8").strip()
+    assert not worker.errors and len(worker.written) == 3
+    assert not grid.with_suffix(".caption").exists()
+    assert env.shared.state.history == []  # no shared.state job: it must not disturb the next generation
+
+
+def test_autocaption_never_touches_the_webui_parameter_files(webui_env, manager, tmp_path):
+    env = webui_env.start(manager)
+    env.shared.opts.icg_autocaption = True
+    env.shared.opts.add_option("save_txt", env.shared.OptionInfo(True, "save_txt"))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "00002-5.txt").write_text("Steps: 20\n", encoding="utf-8")
+    _save(env, folder, "00002-5.png")
+    assert env.adapter.autocaptioner().join(60)
+    assert (folder / "00002-5.txt").read_text(encoding="utf-8") == "Steps: 20\n"
