@@ -187,7 +187,7 @@ def bench_prefix(ctx: BenchContext) -> dict[str, Any]:
 
 
 # name -> "module:function"; a suite takes a BenchContext and returns
-# {"seconds_per_image": {...}, "ratios": {...}, "checks": {name: bool}}
+# {"seconds_per_image": {...}, "ratios": {...}, "checks": {name: bool}, "notes": {name: text}}
 SUITES = {
     "prefix": "icg.bench:bench_prefix",
     "sbg": "icg.sbg.bench:bench_sbg",
@@ -224,11 +224,12 @@ def run_bench(
         "seconds_per_image": {},
         "ratios": {},
         "checks": {},
+        "notes": {},
     }
     for suite in suites or list(SUITES):
         module, func = SUITES[suite].split(":")
         part = getattr(importlib.import_module(module), func)(ctx)
-        for key in ("seconds_per_image", "ratios", "checks"):
+        for key in ("seconds_per_image", "ratios", "checks", "notes"):
             report[key].update(part.get(key, {}))
     return report
 
@@ -260,4 +261,5 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", f"{'ratio':<44}{'x':>8}"]
     lines += [f"{name:<44}{value:>8.2f}" for name, value in report["ratios"].items()]
     lines += [""] + [f"{name}: {'yes' if ok else 'NO'}" for name, ok in report["checks"].items()]
+    lines += [f"{name}: {note}" for name, note in report.get("notes", {}).items()]
     return "\n".join(lines)

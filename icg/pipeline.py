@@ -1,7 +1,8 @@
 """The one entry point for captioning: images -> CLIP features -> captioner -> ``CaptionResult``.
 
-The CLI, the standalone app, the WebUI tab, the img2img button, the API and folder batches all call
-``caption_images``; the folder engine calls it once per batch.
+The CLI, the standalone app, the WebUI tab, the img2img button and the API call ``caption_images``.
+Folder batches use ``icg.batch.engine.run_batch``, which loads and decodes images in background threads
+and calls ``captioner.caption_features`` directly.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 CAPTION_STYLES = ("clean", "published")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters but whitespace
 
 
 def cut_caption(text: str, stop: str | None = ".") -> str:
@@ -19,6 +20,7 @@ def finish_caption(text: str, style: str = "clean") -> str:
     ``clean``: whitespace collapsed, first letter capitalised, one final period."""
     if style == "published":
         return f"{text.strip()} ."
+    text = _CONTROL.sub("", text)
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)
     if not text:

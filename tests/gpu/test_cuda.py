@@ -64,8 +64,9 @@ def test_fp16_prefix_captioner_and_seeded_sampling_on_cuda():
 
 
 def test_manager_on_cuda_offloads_and_unloads(fixture_files):
-    manager = ModelManager(RuntimeConfig(device="cuda", clip=fixture_files["clip_dir"],
-                                         tokenizer=fixture_files["tokenizer_dir"]))
+    manager = ModelManager(
+        RuntimeConfig(device="cuda", clip=fixture_files["clip_dir"], tokenizer=fixture_files["tokenizer_dir"])
+    )
     results = caption_images(manager, fixture_files["clip_prefix_pt"], pictures(3))
     assert len(results) == 3 and all(r.caption for r in results)
     loaded = torch.cuda.memory_allocated()
