@@ -38,7 +38,7 @@ FORMAT = "icg-clip-prefix"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-_LM_KEYS = (
+LM_KEYS = (
     "vocab_size",
     "n_positions",
     "n_embd",
@@ -56,7 +56,7 @@ class PrefixModelConfig:
     """Everything needed to rebuild a CLIP-prefix model besides its weights."""
 
     mapper: MapperConfig
-    lm: dict[str, Any]  # GPT2Config fields (see _LM_KEYS)
+    lm: dict[str, Any]  # GPT2Config fields (see LM_KEYS)
     normalize: bool = True  # were the CLIP features L2-normalised in training?
     clip: dict[str, Any] | None = None  # ClipSpec fields of the CLIP it was trained with
     tokenizer: str = "gpt2-tokenizer"
@@ -201,7 +201,7 @@ def model_from_state(
 ) -> PrefixCaptionModel:
     lm_state, mapper_state = _split(state, source)
     mapper = build_mapper(cfg.mapper)
-    lm = build_lm({k: v for k, v in cfg.lm.items() if k in _LM_KEYS})
+    lm = build_lm({k: v for k, v in cfg.lm.items() if k in LM_KEYS})
     try:
         mapper.load_state_dict(mapper_state, strict=True)
     except RuntimeError as err:

@@ -17,8 +17,13 @@ from typing import Any
 import torch
 
 from icg.captioners.mappers import MAPPER_KINDS, MapperConfig, build_mapper
-from icg.captioners.prefix import _LM_KEYS as LM_KEYS  # the GPT-2 fields a CLIP-prefix config records
-from icg.captioners.prefix import PrefixCaptionModel, PrefixModelConfig, load_prefix_model, save_prefix_model
+from icg.captioners.prefix import (
+    LM_KEYS,  # the GPT-2 fields a CLIP-prefix config records
+    PrefixCaptionModel,
+    PrefixModelConfig,
+    load_prefix_model,
+    save_prefix_model,
+)
 from icg.errors import ConfigError
 from icg.train.features import FeatureRecord, FeatureStore
 from icg.train.loop import trainable
