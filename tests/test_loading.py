@@ -248,3 +248,15 @@ def test_model_modules_import_cheaply():
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_relative_paths_in_icg_json_are_relative_to_the_model_folder(tmp_path):
+    import json
+
+    from icg.models.loading import read_sbg_meta
+
+    (tmp_path / "icg.json").write_text(
+        json.dumps({"format": "icg-sbg", "version": 1, "vocabulary": "./vocab/vocabulary.json"})
+    )
+    meta = read_sbg_meta(tmp_path)
+    assert meta["vocabulary"] == str((tmp_path / "vocab" / "vocabulary.json").resolve())

@@ -220,6 +220,10 @@ def read_sbg_meta(folder: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - _SBG_META_KEYS)
     if unknown:
         raise CheckpointError(f"{file}: unknown setting(s) {', '.join(unknown)}")
+    for key in ("vocabulary", "tokenizer"):  # relative paths are relative to the model folder
+        value = data.get(key)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            data[key] = str((Path(folder) / value).resolve())
     return data
 
 
