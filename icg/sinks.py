@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +160,27 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise IcgError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Like ``atomic_write`` for writers that take a file name (``safetensors``' ``save_file``, ...):
+    ``write(tmp)`` fills a temp file beside ``path``, which then replaces ``path`` in one step."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _create_temp(path)
+        os.close(fd)
+    except OSError as exc:
+        raise IcgError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

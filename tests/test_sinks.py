@@ -452,3 +452,21 @@ def test_write_needs_an_open_manifest(tmp_path):
     with pytest.raises(RuntimeError):
         manifest.write("a.png", status="new")
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_atomic_write_with_a_failing_writer_keeps_the_old_file(tmp_path):
+    from icg.sinks import atomic_write_with
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+
+    def half_written(tmp):
+        Path(tmp).write_bytes(b"par")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_with(target, half_written)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert target.read_bytes() == b"new"

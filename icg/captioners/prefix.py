@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from icg.captioners.mappers import MapperConfig, build_mapper, infer_mapper_conf
 from icg.captioners.result import Candidate, CaptionResult
 from icg.config import ClipSpec, DecodingConfig, from_dict, to_dict
 from icg.errors import CheckpointError
+from icg.sinks import atomic_write_with
 from icg.text import cut_caption, finish_caption
 
 log = logging.getLogger(__name__)
@@ -273,22 +272,11 @@ def save_prefix_model(model: PrefixCaptionModel, cfg: PrefixModelConfig, folder:
     if cfg.lm.get("tie_word_embeddings", True):
         state.pop("gpt.lm_head.weight", None)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
-    _atomic_write(
+    atomic_write_with(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    atomic_write_with(
         folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(cfg.to_json() + "\n", encoding="utf-8")
     )
     return folder
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------- captioner

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icg.sinks import atomic_write_with
 from icg.train.datasets import DEFAULT_TEST_IMAGES, CaptionDataset, DatasetError, check_test_images
 
 log = logging.getLogger(__name__)
@@ -330,7 +329,9 @@ def _save_shard(path: Path, feats, ok: Sequence[bool], first: int) -> None:
     from safetensors.torch import save_file
 
     tensors = {"features": feats.contiguous(), "ok": torch.tensor(ok, dtype=torch.uint8)}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "first": str(first)}))
+    atomic_write_with(
+        path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "first": str(first)})
+    )
 
 
 def _write_captions(path: Path, dataset: CaptionDataset, failed: set[str]) -> None:
@@ -347,19 +348,10 @@ def _write_captions(path: Path, dataset: CaptionDataset, failed: set[str]) -> No
         )
         for row, im in enumerate(dataset.images)
     ]
-    _atomic(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    atomic_write_with(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(
+        path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    )
