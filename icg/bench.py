@@ -246,6 +246,7 @@ def _hf_generate(lm, prefix: torch.Tensor, tokens: int):
             do_sample=False,
             num_beams=1,
             pad_token_id=0,
+            bos_token_id=0,  # transformers 4.30 wants one even when it starts from inputs_embeds
         )
 
 
