@@ -12,8 +12,9 @@ ids are rendered as placeholders (``<id>``) instead of text: turning 20 ids into
 next to the model, so this leaves out nothing the suite is meant to measure, and no id can fall outside
 a tokenizer's vocabulary.
 
-The folder holds 2 (quick) or 4 batches' worth of images (at least 8), so decoding the next batches can
-overlap the model (the first batch always waits for its images). Reported per image: wall time at batch 1
+The folder holds 4 batches' worth of images (at least 8), so decoding the next batches can overlap the
+model (the first batch always waits for its images); ``--quick`` uses one batch's worth, which shows the
+throughput but not that overlap. Reported per image: wall time at batch 1
 and B, the single-thread cost of decoding and preprocessing one image, and, at batch B, the model's time
 and the time the engine sat waiting for decoded images. When that wait is a large share of the run, the
 folder is decode-bound (more ``--workers`` or a faster disk help); otherwise it is model-bound (a bigger
@@ -93,7 +94,7 @@ def bench_folder(ctx) -> dict[str, Any]:
     from icg.imaging import load_image
 
     batch = ctx.batch
-    n = max(8, (2 if ctx.quick else 4) * batch)
+    n = batch if ctx.quick else max(8, 4 * batch)
     manager, captioner = _bench_manager(ctx)
     folder = Path(tempfile.mkdtemp(prefix="icg-bench-folder-"))
     try:
