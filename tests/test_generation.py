@@ -181,3 +181,18 @@ def test_invalid_decoding_settings_are_refused(bad):
 
     with pytest.raises(ConfigError):
         DecodingConfig(**bad)
+
+
+def test_per_row_generators_make_a_rows_samples_independent_of_its_batch(lm_tok, prefix):
+    lm, _ = lm_tok
+    cfg = DecodingConfig(strategy="sample", num_samples=3, max_new_tokens=8, top_k=50, temperature=1.5)
+
+    def gens(n):
+        return [torch.Generator().manual_seed(11) for _ in range(n)]
+
+    together = generate(lm, cfg=cfg, inputs_embeds=prefix, generator=gens(len(prefix)))
+    for row in range(len(prefix)):
+        alone = generate(lm, cfg=cfg, inputs_embeds=prefix[row : row + 1], generator=gens(1))
+        assert [g.tokens for g in alone[0]] == [g.tokens for g in together[row]]
+    with pytest.raises(ValueError, match="2 generators for 4 rows"):
+        generate(lm, cfg=cfg, inputs_embeds=prefix, generator=gens(2))

@@ -281,6 +281,14 @@ def test_same_seed_same_candidates_different_seed_different(captioner, features)
     assert [_texts(r) for r in first] != [_texts(r) for r in other]
 
 
+def test_a_seed_reproduces_an_images_candidates_alone_or_in_a_batch(captioner, features):
+    cfg = SBG_DECODING.replace(seed=21)
+    together = captioner.caption_features(features, cfg)
+    for row in range(len(features)):
+        alone = captioner.caption_features(features[row : row + 1], cfg)
+        assert _texts(alone[0]) == _texts(together[row])
+
+
 def test_an_unseeded_call_records_a_seed_that_reproduces_it(captioner, features):
     first = captioner.caption_features(features[:1])
     assert isinstance(first[0].seed, int) and first[0].decoding["seed"] == first[0].seed

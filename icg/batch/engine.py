@@ -24,8 +24,8 @@ Resume: the key of an image is its path relative to the root, with "/" separator
 sidecars say what is done; with a manifest its rows do, whatever the policy; ``append``/``prepend``
 never add a caption that is already the last (first) part of the sidecar, so a re-run does not double
 it. Leftover temp files of our own atomic writes (from a killed run) next to the sidecars about to be
-written are removed. With sampling and a seed, a caption depends on the batch it ran in (the seed is per
-batch), so a resumed run may caption the remaining images differently than one uninterrupted run.
+written are removed. With sampling and a seed, each image draws from its own generator seeded with it,
+so a resumed run captions the remaining images as one uninterrupted run would.
 """
 
 from __future__ import annotations

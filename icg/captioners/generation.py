@@ -61,13 +61,16 @@ def generate(
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     stop_ids: Sequence[int] = (),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> list[list[Generated]]:
     """Continue each row of ``inputs_embeds`` (B, T, E) or ``input_ids`` (B, T); return, per row, its
     continuations: 1 for greedy, ``num_samples`` for sampling, ``num_beams`` (best first) for beam search.
 
     ``attention_mask`` (B, T) marks real tokens when rows are left-padded. Decoding of a row ends at the
     first token in ``stop_ids`` or after ``cfg.max_new_tokens`` tokens.
+
+    ``generator`` seeds sampling: one generator for the whole call, or one per input row, in which case
+    a row's samples depend only on its own generator and prompt, not on the rows decoded beside it.
     """
     if (inputs_embeds is None) == (input_ids is None):
         raise ValueError("pass exactly one of inputs_embeds and input_ids")
@@ -79,6 +82,10 @@ def generate(
                 _LM(lm), prompt, inputs_embeds is not None, attention_mask, cfg, stop_ids, batch
             )
         copies = cfg.num_samples if cfg.strategy == "sample" else 1
+        if generator is not None and not isinstance(generator, torch.Generator):
+            if len(generator) != batch:
+                raise ValueError(f"{len(generator)} generators for {batch} rows")
+            generator = [g for g in generator for _ in range(copies)]  # a row's copies share its generator
         flat = _sample_or_greedy(
             _LM(lm),
             prompt.repeat_interleave(copies, dim=0),
@@ -148,6 +155,19 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
     return logits
 
 
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row from ``probs``: with one generator for all rows, or one per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        if generator is None or generator.device == probs.device:
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
+    rows = [
+        torch.multinomial(p if g.device == p.device else p.cpu(), 1, generator=g).to(probs.device)
+        for p, g in zip(probs, generator)
+    ]
+    return torch.cat(rows)
+
+
 def _sample_or_greedy(
     lm: _LM, prompt, is_embeds, attention_mask, cfg, stop_ids, generator
 ) -> list[Generated]:
@@ -163,11 +183,7 @@ def _sample_or_greedy(
             logits = _penalise(logits, [g.tokens for g in out], cfg)
         if cfg.strategy == "sample":
             logits = _filter_top_k_top_p(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-            probs = logits.softmax(-1)
-            if generator is not None and generator.device != probs.device:
-                token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
-            else:
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            token = _draw(logits.softmax(-1), generator)
         else:
             token = logits.argmax(-1)
         logp = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)

@@ -330,9 +330,11 @@ class PrefixCaptioner:
         """(B, C) CLIP features -> one ``CaptionResult`` per row."""
         cfg = decoding or self.decoding
         start = time.perf_counter()
-        generator = None
+        generators = None  # one per image, so a seed reproduces an image's samples in any batch
         if cfg.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            generators = [
+                torch.Generator(device=self.device).manual_seed(cfg.seed) for _ in range(len(features))
+            ]
         with torch.inference_mode():
             prefix = self.model.prefix(features.to(self.device))
             outs = generate(
@@ -340,7 +342,7 @@ class PrefixCaptioner:
                 cfg=cfg,
                 inputs_embeds=prefix,
                 stop_ids=self.stop_ids(cfg),
-                generator=generator,
+                generator=generators,
             )
         per_image = (time.perf_counter() - start) / max(len(outs), 1)
         results = []

@@ -29,8 +29,8 @@ Fidelity knobs (``style``):
   Flickr8k caption.
 
 Seeds: with ``decoding.seed=None`` a seed is drawn and recorded in every result (``seed`` and
-``decoding["seed"]``); the same images captioned together with that decoding give the same candidates.
-All images of a call share one generator, so an image's samples also depend on the images drawn with it.
+``decoding["seed"]``); an image captioned again with that decoding gets the same candidates, alone or
+in any batch (each image draws from its own generator seeded with it).
 """
 
 from __future__ import annotations
@@ -453,16 +453,16 @@ class SbgCaptioner:
         for row, ids in enumerate(prompts):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             mask[row, width - len(ids) :] = 1
-        generator = None
+        generators = None  # one per image: its candidates depend on the seed, not on its batch-mates
         if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+            generators = [torch.Generator(device=device).manual_seed(seed) for _ in prompts]
         outs = generate(
             self.lm,
             cfg=cfg,
             input_ids=input_ids.to(device),
             attention_mask=None if bool(mask.all()) else mask.to(device),
             stop_ids=self.stop_ids(cfg),
-            generator=generator,
+            generator=generators,
         )
         return [[(self._candidate_text(g.tokens, cfg), g) for g in seqs] for seqs in outs], list(kept)
 
