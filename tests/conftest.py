@@ -33,3 +33,16 @@ def fixture_files(tmp_path_factory) -> dict[str, str]:
     from tests.fixtures import write_all
 
     return write_all(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine (more runnable threads than
+    cores) every OpenMP barrier waits for a descheduled thread: one thread is many times faster there.
+    Modules that train or sample with tiny models use it through ``pytest.mark.usefixtures``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

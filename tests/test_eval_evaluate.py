@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 pytest.importorskip("pycocoevalcap", reason="pycocoevalcap (the eval extra) is not installed")
 
@@ -22,12 +21,7 @@ from tests.data import synthetic
 NO_METEOR = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

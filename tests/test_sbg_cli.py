@@ -6,19 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from icg.cli import main
 from tests.test_sbg_captioner import write_sbg_models
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """See tests/test_sbg_captioner.py: tiny models run fastest on one thread on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
