@@ -30,9 +30,9 @@ import binascii
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import pydantic
 from fastapi import APIRouter, Depends, HTTPException
@@ -49,13 +49,12 @@ from icg.errors import (
     VocabularyError,
 )
 from icg.jobs import JobNotFound, JobRegistry
+from icg.options import BATCH, CAPTION, DECODING, MAX_KEYWORDS, TEMPLATE, CaptionOptions, Option, OptionGroup
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/icg/v1"
 MAX_IMAGE_CHARS = 100_000_000  # base64 characters (~75 MB of image file)
-MAX_KEYWORDS = 200
-MAX_TEXT = 2000
 
 _PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
@@ -79,34 +78,42 @@ def _dump(model: BaseModel) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ requests
-class DecodingOptions(_Model):
-    """Decoding overrides; a field left out keeps the model's own default."""
-
-    strategy: Literal["greedy", "beam", "sample"] | None = None
-    max_new_tokens: int | None = Field(None, ge=1, le=256)
-    num_beams: int | None = Field(None, ge=1, le=16)
-    num_samples: int | None = Field(None, ge=1, le=32, description="candidates to sample (SBG)")
-    top_k: int | None = Field(None, ge=0, le=1000, description="0: off")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    temperature: float | None = Field(None, gt=0.0, le=10.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    no_repeat_ngram_size: int | None = Field(None, ge=0, le=16)
-    length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
-    seed: int | None = Field(None, ge=-1, le=2**63 - 1, description="-1: random")
+def _field(option: Option) -> tuple[Any, Any]:
+    """A pydantic field for an ``icg.options`` option: optional (None keeps the default), with its bounds."""
+    kind: Any = Literal[option.choices] if option.choices else option.type  # type: ignore[valid-type]
+    bounds: dict[str, Any] = {}
+    if option.minimum is not None:
+        bounds["gt" if option.above else "ge"] = option.minimum
+    if option.maximum is not None:
+        bounds["le"] = option.maximum
+    if option.max_length is not None:
+        bounds["max_length"] = option.max_length
+    return (Optional[kind], Field(None, description=option.help, **bounds))  # noqa: UP045 - pydantic 1
 
 
-class TemplateOptions(_Model):
-    """How the prompt is composed; a field left out keeps the server's setting."""
+def schema_model(name: str, group: OptionGroup, doc: str, names: Sequence[str] | None = None) -> type:
+    """A request model with one optional field per option of ``group`` (or the ``names`` among them)."""
+    fields = {o.name: _field(o) for o in group if names is None or o.name in names}
+    model = pydantic.create_model(name, __base__=_Model, **fields)
+    model.__doc__ = doc
+    return model
 
-    template: str | None = Field(
-        None, max_length=MAX_TEXT, description="uses {caption} {keywords} {prefix} {suffix}"
-    )
-    prefix: str | None = Field(None, max_length=MAX_TEXT)
-    suffix: str | None = Field(None, max_length=MAX_TEXT)
-    lowercase: bool | None = None
-    dedupe: bool | None = None
-    max_keywords: int | None = Field(None, ge=0, le=MAX_KEYWORDS)
-    strip_period: bool | None = None
+
+DecodingOptions = schema_model(
+    "DecodingOptions", DECODING, "Decoding overrides; a field left out keeps the model's own default."
+)
+TemplateOptions = schema_model(
+    "TemplateOptions", TEMPLATE, "How the prompt is composed; a field left out keeps the server's setting."
+)
+BatchFields = schema_model("BatchFields", BATCH, "Folder batch options; a field left out keeps the default.")
+StyleType, _STYLE = _field(CAPTION["style"])
+CandidatesType, _ = _field(DECODING["num_samples"])
+
+
+def _candidates_field() -> Any:
+    option = DECODING["num_samples"]
+    description = "SBG candidates (= decoding.num_samples)"
+    return Field(None, ge=option.minimum, le=option.maximum, description=description)
 
 
 class CaptionRequest(_Model):
@@ -115,31 +122,28 @@ class CaptionRequest(_Model):
 
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS)
     keywords: list[str] | str | None = None
+    force: list[str] | None = Field(None, description="SBG: keywords to add to the selection")
+    ban: list[str] | None = Field(None, description="SBG: keywords to remove from the selection")
+    style: StyleType = _STYLE
     model: str | None = Field(None, max_length=500)
-    num_candidates: int | None = Field(
-        None, ge=1, le=32, description="SBG candidates (= decoding.num_samples)"
-    )
+    num_candidates: CandidatesType = _candidates_field()
     decoding: DecodingOptions | None = None
     template: TemplateOptions | None = None
 
 
-class BatchRequest(_Model):
-    """Caption every image in a folder on the server into sidecar files and/or a manifest."""
+class BatchRequest(BatchFields):  # type: ignore[misc,valid-type]
+    """Caption every image in a folder on the server into sidecar files and/or a manifest; the batch
+    fields (``recursive``, ``policy``, ``sidecar_extension``, ``write_sidecars``, ``resume``,
+    ``batch_size``, ``preview``) are ``icg.options.BATCH``'s."""
 
     folder: str = Field(..., min_length=1, max_length=4096)
     model: str | None = Field(None, max_length=500)
-    recursive: bool = False
-    policy: Literal["skip", "overwrite", "append", "prepend"] | None = None
-    extension: str | None = Field(
-        None, min_length=1, max_length=32, description="sidecar extension, e.g. .txt"
-    )
     output_dir: str | None = Field(
         None, max_length=4096, description="mirror the tree here instead of beside"
     )
     manifest: str | None = Field(None, max_length=4096, description="a .jsonl or .csv file to write as well")
-    sidecars: bool = True
-    batch_size: int | None = Field(None, ge=1, le=512)
-    num_candidates: int | None = Field(None, ge=1, le=32)
+    num_candidates: CandidatesType = _candidates_field()
+    style: StyleType = _STYLE
     decoding: DecodingOptions | None = None
     template: TemplateOptions | None = None
     dry_run: bool = False
@@ -491,12 +495,13 @@ def mount_api(
             model = check_model(service, request.model)
             template = prompt_template(service, request.template)
             overrides = decoding_overrides(request.decoding, request.num_candidates)
+            options = CaptionOptions(style=request.style, force=request.force or (), ban=request.ban or ())
             image = decode_image(request.image) if request.image is not None else None
             with lock:
                 if keywords:
-                    result = service.caption_keywords(keywords, model, overrides, image=image)
+                    result = service.caption_keywords(keywords, model, overrides, options, image=image)
                 else:
-                    result = service.caption(image, model, overrides)
+                    result = service.caption(image, model, overrides, options)
             prompt = template.compose(result.caption, [k.text for k in result.keywords])
             return caption_payload(result, prompt)
 
@@ -549,7 +554,8 @@ def mount_api(
 # ------------------------------------------------------------------------------------------ batches
 def batch_options(service: Any, request: BatchRequest, model: str) -> Any:
     """The engine's ``BatchOptions`` for a request; the service's settings fill what it leaves out."""
-    from icg.batch.engine import BATCH_TEMPLATE, BatchOptions
+    from icg.batch.engine import BatchOptions
+    from icg.options import BATCH_TEMPLATE
     from icg.prompt import PromptTemplate
 
     folder = Path(request.folder).expanduser()
@@ -558,25 +564,18 @@ def batch_options(service: Any, request: BatchRequest, model: str) -> Any:
     defaults = dict(service.batch_defaults()) if hasattr(service, "batch_defaults") else {}
     base = defaults.pop("template", None) or PromptTemplate(BATCH_TEMPLATE)
     changes = _dump(request.template) if request.template is not None else {}
-    given = {
-        "policy": request.policy,
-        "sidecar_extension": request.extension,
-        "output_dir": request.output_dir,
-        "manifest": request.manifest,
-        "batch_size": request.batch_size,
-    }
+    given = {**BATCH.pick(request), "output_dir": request.output_dir, "manifest": request.manifest}
     values = {k: v for k, v in defaults.items() if k in _BATCH_DEFAULT_KEYS}
     values.update({k: v for k, v in given.items() if v is not None})
     return BatchOptions(
         root=str(folder),
         model=model,
-        recursive=request.recursive,
-        write_sidecars=request.sidecars,
         template=PromptTemplate(**{**_fields(base), **changes}),
         decoding={
             **dict(defaults.get("decoding") or {}),
             **decoding_overrides(request.decoding, request.num_candidates),
         },
+        caption=CaptionOptions(style=request.style),
         dry_run=request.dry_run,
         **values,
     )

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from icg.errors import ConfigError
+from icg.options import DECODING
 
 T = TypeVar("T")
 
-STRATEGIES = ("greedy", "beam", "sample")
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
@@ -36,47 +36,41 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _default(name: str) -> Any:
+    return DECODING[name].default
+
+
 @dataclass(frozen=True)
 class DecodingConfig:
     """How a captioner turns language-model logits into tokens.
 
     ``greedy`` is the reference decoding of the published CLIP-prefix numbers; ``beam`` is ClipCap's
-    alternative; ``sample`` (top-k / top-p / temperature, seeded) is how SBG draws its candidates.
+    alternative; ``sample`` (top-k / top-p / temperature, seeded) is how SBG draws its candidates. The
+    user-facing fields, their defaults and bounds are declared once in ``icg.options.DECODING``; ``stop``
+    and ``stop_at_eos`` belong to the model. A seed of -1 means "draw one" (the captioner does, and
+    reports it), the same as None.
     """
 
-    strategy: str = "greedy"
-    max_new_tokens: int = 67
+    strategy: str = _default("strategy")
+    max_new_tokens: int = _default("max_new_tokens")
     stop: str | None = "."  # text of the token that ends a caption; None: only EOS ends it
     stop_at_eos: bool = True
-    num_beams: int = 5
-    length_penalty: float = 1.0
-    num_samples: int = 1
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    seed: int | None = None
+    num_beams: int = _default("num_beams")
+    length_penalty: float = _default("length_penalty")
+    num_samples: int = _default("num_samples")
+    top_k: int = _default("top_k")
+    top_p: float = _default("top_p")
+    temperature: float = _default("temperature")
+    repetition_penalty: float = _default("repetition_penalty")
+    no_repeat_ngram_size: int = _default("no_repeat_ngram_size")
+    seed: int | None = _default("seed")
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"decoding strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
-            )
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if self.num_beams < 1 or self.num_samples < 1:
-            raise ConfigError("num_beams and num_samples must be at least 1")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be 0 (off) or positive, not {self.top_k}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, not {self.temperature}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError(f"repetition_penalty must be positive, not {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError("no_repeat_ngram_size must be 0 (off) or positive")
+        for option in DECODING:
+            value = option.check(getattr(self, option.name), "decoding", front_end=False)
+            if option.name == "seed" and value is not None and value < 0:
+                value = None
+            object.__setattr__(self, option.name, value)
 
     def replace(self, **changes: Any) -> DecodingConfig:
         return dataclasses.replace(self, **changes)

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from icg.errors import ConfigError
+from icg.options import TEMPLATE
 
 logger = logging.getLogger(__name__)
 
 PLACEHOLDERS = ("prefix", "caption", "keywords", "suffix")
-DEFAULT_TEMPLATE = "{prefix}, {caption}, {keywords}, {suffix}"
 MERGE_MODES = ("replace", "append", "prepend")
 
 _WHITESPACE = re.compile(r"\s+")
@@ -38,18 +38,18 @@ class PromptTemplate:
     keywords without repeats, at most ``max_keywords`` of them, joined with ", ".
     """
 
-    template: str = DEFAULT_TEMPLATE
-    prefix: str = ""
-    suffix: str = ""
-    lowercase: bool = False
-    dedupe: bool = True
-    max_keywords: int | None = None
-    strip_period: bool = True
+    template: str = TEMPLATE["template"].default
+    prefix: str = TEMPLATE["prefix"].default
+    suffix: str = TEMPLATE["suffix"].default
+    lowercase: bool = TEMPLATE["lowercase"].default
+    dedupe: bool = TEMPLATE["dedupe"].default
+    max_keywords: int | None = TEMPLATE["max_keywords"].default
+    strip_period: bool = TEMPLATE["strip_period"].default
 
     def __post_init__(self) -> None:
+        for option in TEMPLATE:
+            object.__setattr__(self, option.name, option.check(getattr(self, option.name), "prompt"))
         _parse_template(self.template)
-        if self.max_keywords is not None and self.max_keywords < 0:
-            raise ConfigError(f"max_keywords must be 0 or more, not {self.max_keywords}")
 
     def compose(self, caption: str, keywords: Iterable[str] = ()) -> str:
         """The tidy prompt for ``caption`` and ``keywords``."""

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from icg.errors import ConfigError, IcgError
-from icg.prompt import DEFAULT_TEMPLATE, MERGE_MODES, PromptTemplate, merge_prompt
+from icg.options import DEFAULT_MODEL, DEFAULT_TEMPLATE
+from icg.prompt import MERGE_MODES, PromptTemplate, merge_prompt
 from icg.sinks import SIDECAR_POLICIES
-from icg.ui.service import DEFAULT_MODEL, CaptionService, UiDefaults
+from icg.ui.service import CaptionService, UiDefaults
 
 logger = logging.getLogger(__name__)
 
@@ -384,17 +385,13 @@ class WebUIService(CaptionService):
                 logger.warning("could not move the caption models to RAM", exc_info=True)
         _torch_gc()
 
-    def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None):
+    def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None, options=None):
         with self.job("caption"):
-            return super().caption(image, model, self.overrides(overrides))
+            return super().caption(image, model, self.overrides(overrides), options)
 
-    def caption_keywords(self, keywords, model, overrides=None, image=None):
+    def caption_keywords(self, keywords, model, overrides=None, options=None, image=None):
         with self.job("caption"):
-            return super().caption_keywords(keywords, model, self.overrides(overrides), image=image)
-
-    def supports_keywords(self, model: str) -> bool:
-        with self.job("load", track_state=False):
-            return super().supports_keywords(model)
+            return super().caption_keywords(keywords, model, self.overrides(overrides), options, image=image)
 
     def run_batch(self, options, *, on_progress=None, should_stop=None, on_result=None):
         with self.job("batch") as state:

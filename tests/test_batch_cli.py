@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icg.batch.engine import KEYWORDS_TEMPLATE
 from icg.cli import build_parser, main
 from icg.commands.batch import options_from_args, stop_on_sigint
+from icg.options import KEYWORDS_TEMPLATE
 from icg.sinks import read_manifest
 from tests.test_batch_engine import make_images, snapshot, tiny_models
 

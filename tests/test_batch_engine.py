@@ -19,18 +19,17 @@ import pytest
 from PIL import Image
 
 from icg.batch import (
-    BATCH_TEMPLATE,
     BatchOptions,
     auto_batch_size,
     plan_batch,
     run_batch,
 )
-from icg.batch.engine import KEYWORDS_TEMPLATE
 from icg.captioners.result import CaptionResult, Keyword
 from icg.clip_encoder import spec_from_folder
 from icg.config import DecodingConfig
 from icg.errors import ConfigError, IcgError
 from icg.models.manager import Factories, ModelManager, RuntimeConfig
+from icg.options import BATCH_TEMPLATE, KEYWORDS_TEMPLATE
 from icg.pipeline import caption_images
 from icg.prompt import PromptTemplate
 from icg.sinks import MANIFEST_FIELDS, read_manifest
@@ -476,7 +475,7 @@ class FakeCaptioner:
         self.batches: list[int] = []
         self.decodings: list[DecodingConfig | None] = []
 
-    def caption_features(self, features, decoding=None):
+    def caption_features(self, features, decoding=None, options=None):
         self.batches.append(len(features))
         self.decodings.append(decoding)
         first = sum(self.batches[:-1])

@@ -45,7 +45,7 @@ class FakeModel:
         self.log.append((self.name, "cpu" if getattr(device, "type", None) == "cpu" else "device"))
         return self
 
-    def caption_features(self, features, decoding=None):
+    def caption_features(self, features, decoding=None, options=None):
         return []
 
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from icg.errors import ConfigError
+from icg.options import DEFAULT_TEMPLATE
 from icg.prompt import (
-    DEFAULT_TEMPLATE,
     MERGE_MODES,
     PromptTemplate,
     merge_prompt,

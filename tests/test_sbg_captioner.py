@@ -20,9 +20,10 @@ from icg.config import DecodingConfig
 from icg.errors import CheckpointError, ConfigError, ModelNotFound
 from icg.models import loading
 from icg.models.manager import Factories, ModelManager, RuntimeConfig
+from icg.options import CaptionOptions
 from icg.pipeline import caption_images
 from icg.sbg import captioner as sbg
-from icg.sbg.captioner import SBG_DECODING, SbgCaptioner, parse_keywords, sbg_options, sbg_settings
+from icg.sbg.captioner import SBG_DECODING, SbgCaptioner, parse_keywords, sbg_settings
 from icg.sbg.vocab import convert_pickles
 from icg.text import finish_caption
 from tests import fixtures
@@ -292,8 +293,8 @@ def test_candidates_end_at_the_first_stop_exactly_as_cutting_a_longer_sample(cap
     """Decoding stops at the first token containing "."; sampling on without a stop and cutting the text
     the predecessor's way (``split('.')[0].strip() + ' .'``) gives the same candidates."""
     cfg = SBG_DECODING.replace(seed=3, max_new_tokens=30)
-    stopped = captioner.caption_features(features, cfg, style="published")
-    longer = captioner.caption_features(features, cfg.replace(stop=None), style="published")
+    stopped = captioner.caption_features(features, cfg, CaptionOptions(style="published"))
+    longer = captioner.caption_features(features, cfg.replace(stop=None), CaptionOptions(style="published"))
     for a, b in zip(stopped, longer):
         cut = [c.text[: -len(" .")].split(".")[0].strip() + " ." for c in b.candidates]
         assert sorted(_texts(a)) == sorted(cut)
@@ -307,18 +308,19 @@ def test_force_and_ban_steer_the_selection(captioner, features):
     plain = captioner.caption_features(features[:1], SBG_DECODING.replace(seed=0))[0]
     banned = plain.keywords[0].text
     steered = captioner.caption_features(
-        features[:1], SBG_DECODING.replace(seed=0), force=["zebra"], ban=[banned.upper()]
+        features[:1], SBG_DECODING.replace(seed=0), CaptionOptions(force=["zebra"], ban=[banned.upper()])
     )[0]
     texts = [k.text for k in steered.keywords]
     assert "zebra" in texts and banned not in texts
     assert next(k for k in steered.keywords if k.text == "zebra").step == "forced"
 
 
-def test_sbg_options_reach_captioners_called_through_the_pipeline(files, manager):
+def test_caption_options_reach_captioners_called_through_the_pipeline(files, manager):
     model = str(files["sbg_generator_dir"])
-    with sbg_options(force=["zebra"], style="published"):
-        inside = caption_images(manager, model, files["images"][:1], decoding=SBG_DECODING.replace(seed=0))
-    outside = caption_images(manager, model, files["images"][:1], decoding=SBG_DECODING.replace(seed=0))
+    cfg = SBG_DECODING.replace(seed=0)
+    options = CaptionOptions(force=["zebra"], style="published")
+    inside = caption_images(manager, model, files["images"][:1], decoding=cfg, options=options)
+    outside = caption_images(manager, model, files["images"][:1], decoding=cfg)
     assert "zebra" in [k.text for k in inside[0].keywords]
     assert "zebra" not in [k.text for k in outside[0].keywords]
     assert all(c.text.endswith(" .") for c in inside[0].candidates)
@@ -326,8 +328,8 @@ def test_sbg_options_reach_captioners_called_through_the_pipeline(files, manager
 
 def test_published_and_clean_styles(captioner, features):
     cfg = SBG_DECODING.replace(seed=5)
-    published = captioner.caption_features(features, cfg, style="published")
-    clean = captioner.caption_features(features, cfg, style="clean")
+    published = captioner.caption_features(features, cfg, CaptionOptions(style="published"))
+    clean = captioner.caption_features(features, cfg, CaptionOptions(style="clean"))
     for pub, cln in zip(published, clean):
         assert len(pub.candidates) == cfg.num_samples  # published keeps every sample
         raws = [c.text[: -len(" .")] for c in pub.candidates]
@@ -341,7 +343,8 @@ def test_published_and_clean_styles(captioner, features):
 
 def test_published_keywords_never_repeat(captioner, features):
     """The predecessor ranks its final keywords through a dict: its prompts hold each keyword once."""
-    for result in captioner.caption_features(features, SBG_DECODING.replace(seed=0), style="published"):
+    published = CaptionOptions(style="published")
+    for result in captioner.caption_features(features, SBG_DECODING.replace(seed=0), published):
         texts = [k.text for k in result.keywords]
         assert len(texts) == len(set(texts))
 
@@ -366,10 +369,12 @@ def test_keywords_in_caption_out_without_an_image(files):
 def test_typed_keywords_are_deduplicated_in_the_clean_style_only(captioner):
     cfg = SBG_DECODING.replace(seed=0, max_new_tokens=3)
     clean = captioner.caption_keywords("dog, Dog, grass", cfg)
-    published = captioner.caption_keywords("dog, Dog, grass", cfg, style="published")
+    published = captioner.caption_keywords("dog, Dog, grass", cfg, options=CaptionOptions(style="published"))
     assert [k.text for k in clean.keywords] == ["dog", "grass"]
     assert [k.text for k in published.keywords] == ["dog", "Dog", "grass"]
-    edited = captioner.caption_keywords("dog, man, grass", cfg, force=["beach"], ban=["MAN"])
+    edited = captioner.caption_keywords(
+        "dog, man, grass", cfg, options=CaptionOptions(force=["beach"], ban=["MAN"])
+    )
     assert [k.text for k in edited.keywords] == ["dog", "grass", "beach"]
 
 
@@ -379,11 +384,11 @@ def test_typed_keywords_with_an_image_are_reranked_by_clip(captioner, features):
     assert [(k.text, k.step) for k in result.keywords] == [("grass", "user"), ("dog", "user")]
     assert sum(k.score for k in result.keywords) == pytest.approx(1.0)  # scored against the image
     per_image = captioner.caption_features(
-        features[:2], SBG_DECODING.replace(seed=4), keywords=["grass", "dog"]
+        features[:2], SBG_DECODING.replace(seed=4), CaptionOptions(keywords=["grass", "dog"])
     )
     assert all([k.text for k in r.keywords] == ["grass", "dog"] for r in per_image)
     with pytest.raises(ValueError, match="2 images"):
-        captioner.caption_features(features[:2], keywords=[["dog"], ["cat"], ["cow"]])
+        captioner.caption_features(features[:2], per_image_keywords=[["dog"], ["cat"], ["cow"]])
 
 
 def test_parse_keywords():

@@ -104,7 +104,7 @@ def test_vocabulary_option(files, tmp_path, capsys):
 def test_sbg_options_with_a_prefix_model_are_refused(files, capsys):
     argv = ["caption", "--model", str(files["clip_prefix_pt"]), str(files["images"][0]), "--ban", "dog"]
     assert main([*argv, *_common(files)]) == 1
-    assert "--ban: only for SBG models" in capsys.readouterr().err
+    assert "ban are only for SBG models" in capsys.readouterr().err
 
 
 def test_style_applies_to_a_prefix_model_too(files, capsys):

@@ -7,7 +7,6 @@ tab and the API; ``plan_batch`` tells what a run would do without loading a mode
 from __future__ import annotations
 
 from icg.batch.engine import (
-    BATCH_TEMPLATE,
     BatchOptions,
     BatchPlan,
     BatchSummary,
@@ -21,7 +20,6 @@ from icg.batch.engine import (
 )
 
 __all__ = [
-    "BATCH_TEMPLATE",
     "BatchOptions",
     "BatchPlan",
     "BatchSummary",

@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from icg.config import DecodingConfig
 from icg.discovery import discover_images, normalise_extensions
 from icg.errors import ConfigError, IcgError
 from icg.imaging import DEFAULT_MAX_PIXELS
+from icg.options import BATCH, BATCH_TEMPLATE, DECODING, DEFAULT_MODEL, CaptionOptions
+from icg.pipeline import caption_batch, resolve_decoding
 from icg.prompt import PromptTemplate
 from icg.sinks import (
     ManifestWriter,
@@ -62,11 +63,6 @@ from icg.sinks import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "clip-prefix-flickr8k"
-#: The sidecar holds the caption (plus the user's prefix/suffix); keywords only when asked for.
-BATCH_TEMPLATE = "{prefix}, {caption}, {suffix}"
-#: The same with the SBG keywords after the caption.
-KEYWORDS_TEMPLATE = "{prefix}, {caption}, {keywords}, {suffix}"
 
 PLAN_ACTIONS = ("new", "overwrite", "append", "prepend", "manifest", "skip", "done", "conflict")
 CAPTION_ACTIONS = frozenset({"new", "overwrite", "append", "prepend", "manifest"})
@@ -96,7 +92,6 @@ _COUNT_OF_ACTION = {
 }
 #: ``icg.sinks.atomic_write``'s temp files: ``.<target name>.<12 hex digits>.tmp`` beside the target.
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
-_DECODING_FIELDS = frozenset(f.name for f in dataclasses.fields(DecodingConfig))
 
 ProgressCallback = Callable[[int, int, dict], None]
 
@@ -130,25 +125,28 @@ class BatchOptions:
 
     root: str | os.PathLike
     model: str = DEFAULT_MODEL
-    recursive: bool = True
+    recursive: bool = BATCH["recursive"].default
     extensions: tuple[str, ...] | None = None
-    batch_size: int | None = None
-    sidecar_extension: str = ".txt"
+    batch_size: int | None = BATCH["batch_size"].default
+    sidecar_extension: str = BATCH["sidecar_extension"].default
     output_dir: str | os.PathLike | None = None
-    policy: str = "skip"
+    policy: str = BATCH["policy"].default
     separator: str | None = None
-    write_sidecars: bool = True
+    write_sidecars: bool = BATCH["write_sidecars"].default
     manifest: str | os.PathLike | None = None
-    resume: bool = True
+    resume: bool = BATCH["resume"].default
     template: PromptTemplate = field(default_factory=lambda: PromptTemplate(BATCH_TEMPLATE))
     decoding: Mapping[str, Any] = field(default_factory=dict)
+    caption: CaptionOptions = field(default_factory=CaptionOptions)
     dry_run: bool = False
-    preview: int = 3
+    preview: int = BATCH["preview"].default
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int | None = None
     prefetch: int = 2
 
     def __post_init__(self) -> None:
+        for option in BATCH:
+            object.__setattr__(self, option.name, option.check(getattr(self, option.name), "batch"))
         if not str(self.root):
             raise ConfigError("no image folder given")
         if not self.model:
@@ -166,12 +164,14 @@ class BatchOptions:
             manifest_format(self.manifest)
         if not self.write_sidecars and self.manifest is None:
             raise ConfigError("nothing to write: caption files are off and no manifest was given")
+        if not isinstance(self.caption, CaptionOptions):
+            kind = type(self.caption).__name__
+            raise ConfigError(f"caption must be icg.options.CaptionOptions, not {kind}")
         if not isinstance(self.template, PromptTemplate):
             raise ConfigError(
                 f"template must be an icg.prompt.PromptTemplate, not {type(self.template).__name__}"
             )
         for name, value, least in (
-            ("batch_size", self.batch_size, 1),
             ("workers", self.workers, 1),
             ("max_pixels", self.max_pixels, 1),
         ):
@@ -179,16 +179,9 @@ class BatchOptions:
                 raise ConfigError(
                     f"{name} must be a whole number of at least {least} (or automatic), not {value!r}"
                 )
-        if self.preview < 0 or self.prefetch < 0:
-            raise ConfigError("preview and prefetch must be 0 or more")
-        decoding = dict(self.decoding or {})
-        unknown = sorted(set(decoding) - _DECODING_FIELDS)
-        if unknown:
-            raise ConfigError(f"unknown decoding setting(s): {', '.join(unknown)}")
-        try:
-            DecodingConfig().replace(**decoding)  # the same value checks the model's defaults get
-        except TypeError as exc:
-            raise ConfigError(f"invalid decoding settings: {exc}") from None
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be 0 or more, not {self.prefetch}")
+        decoding = DECODING.check(self.decoding, "batch")
         object.__setattr__(self, "decoding", decoding)
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +192,7 @@ class BatchOptions:
         out["extensions"] = None if self.extensions is None else list(self.extensions)
         out["template"] = dataclasses.asdict(self.template)
         out["decoding"] = dict(self.decoding)
+        out["caption"] = dataclasses.asdict(self.caption)
         return out
 
 
@@ -472,7 +466,7 @@ class _Job:
             clip = self.manager.clip(captioner.clip_spec)
             preprocess = clip.preprocess_images
             summary.device = str(self.manager.device)
-        decoding = _decoding(captioner, options.decoding)
+        decoding = resolve_decoding(captioner, options.decoding)
         batch_size = options.batch_size or auto_batch_size(self.manager.device)
         summary.batch_size = batch_size
         summary.seconds["load"] = time.perf_counter() - loaded
@@ -513,12 +507,10 @@ class _Job:
         results = []
         if good:
             started = time.perf_counter()
-            with self.manager.session():
-                captioner = self.manager.captioner(self.options.model)
-                clip = self.manager.clip(captioner.clip_spec)
-                pixels = torch.stack([p for _, p in good])
-                feats = clip.encode_images(pixels, batch_size=len(good), normalize=captioner.normalize)
-                results = captioner.caption_features(feats, decoding)
+            pixels = torch.stack([p for _, p in good])
+            results = caption_batch(
+                self.manager, self.options.model, pixels, decoding=decoding, options=self.options.caption
+            )
             self.summary.seconds["model"] += time.perf_counter() - started
         by_key = {item.key: result for (item, _), result in zip(good, results)}
         started = time.perf_counter()
@@ -621,14 +613,6 @@ def _new_summary(options: BatchOptions, plan: BatchPlan) -> BatchSummary:
     )
     summary.counts["skipped"] = plan_counts["skip"] + plan_counts["done"]
     return summary
-
-
-def _decoding(captioner, overrides: Mapping[str, Any]) -> DecodingConfig | None:
-    """The model's decoding defaults with ``overrides`` applied; ``None`` (the model's own) without any."""
-    if not overrides:
-        return None
-    base = getattr(captioner, "decoding", None) or DecodingConfig()
-    return base.replace(**overrides)
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -774,8 +758,9 @@ def _dry_run(manager, options: BatchOptions, plan: BatchPlan, start: float) -> B
 
                 run_start = time.perf_counter()
                 pixels = torch.stack([p for _, p in good])
-                feats = clip.encode_images(pixels, batch_size=len(good), normalize=captioner.normalize)
-                results = captioner.caption_features(feats, _decoding(captioner, options.decoding))
+                results = caption_batch(
+                    manager, options.model, pixels, decoding=options.decoding, options=options.caption
+                )
                 summary.seconds["model"] = summary.seconds["run"] = time.perf_counter() - run_start
                 for (item, _), result in zip(good, results):
                     keywords = tuple(getattr(k, "text", str(k)) for k in result.keywords)

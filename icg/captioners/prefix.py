@@ -27,7 +27,8 @@ from icg.captioners.generation import generate
 from icg.captioners.mappers import MapperConfig, build_mapper, infer_mapper_config
 from icg.captioners.result import Candidate, CaptionResult
 from icg.config import ClipSpec, DecodingConfig, from_dict, to_dict
-from icg.errors import CheckpointError
+from icg.errors import CheckpointError, ConfigError
+from icg.options import CaptionOptions
 from icg.sinks import atomic_write_with
 from icg.text import cut_caption, finish_caption
 
@@ -320,14 +321,23 @@ class PrefixCaptioner:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def decode(self, tokens: list[int], cfg: DecodingConfig) -> str:
+    def decode(self, tokens: list[int], cfg: DecodingConfig, style: str | None = None) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return finish_caption(cut_caption(text, cfg.stop), self.style)
+        return finish_caption(cut_caption(text, cfg.stop), style or self.style)
 
     def caption_features(
-        self, features: torch.Tensor, decoding: DecodingConfig | None = None
+        self,
+        features: torch.Tensor,
+        decoding: DecodingConfig | None = None,
+        options: CaptionOptions | None = None,
     ) -> list[CaptionResult]:
-        """(B, C) CLIP features -> one ``CaptionResult`` per row."""
+        """(B, C) CLIP features -> one ``CaptionResult`` per row. ``options.style`` overrides the
+        model's style; keywords are refused (this captioner has none)."""
+        options = options or CaptionOptions()
+        if options.uses_keywords:
+            raise ConfigError(
+                f"keywords, force and ban are only for SBG models; {self.model_id!r} is a {self.kind} model"
+            )
         cfg = decoding or self.decoding
         start = time.perf_counter()
         generators = None  # one per image, so a seed reproduces an image's samples in any batch
@@ -348,7 +358,7 @@ class PrefixCaptioner:
         results = []
         for seqs in outs:
             seqs = sorted(seqs, key=lambda g: g.score, reverse=True)
-            texts = [self.decode(g.tokens, cfg) for g in seqs]
+            texts = [self.decode(g.tokens, cfg, options.style) for g in seqs]
             candidates = [Candidate(t, g.score) for t, g in zip(texts, seqs)] if len(seqs) > 1 else []
             results.append(
                 CaptionResult(

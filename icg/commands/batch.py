@@ -16,10 +16,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from icg.commands.common import add_decoding, add_runtime, decoding_overrides, make_manager
-
-DEFAULT_MODEL = "clip-prefix-flickr8k"
-POLICIES = ("skip", "overwrite", "append", "prepend")
+from icg.commands.common import add_decoding, add_options, add_runtime, decoding_overrides, make_manager
+from icg.options import BATCH, BATCH_TEMPLATE, CAPTION, DEFAULT_MODEL, KEYWORDS_TEMPLATE, TEMPLATE
 
 
 def register(sub) -> None:
@@ -31,49 +29,30 @@ def register(sub) -> None:
     )
     p.add_argument("folder", metavar="DIR", help="the image folder")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or path (default: {DEFAULT_MODEL})")
-    p.add_argument(
-        "--recursive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="look into subfolders too (default: yes)",
-    )
+    add_options(p, BATCH, names=("recursive", "batch_size"))
     p.add_argument("--ext", help="image extensions to take, comma-separated (default: all Pillow reads)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default: 32 on CUDA, 8 on the CPU)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
     p.add_argument(
         "--max-pixels", type=int, help="refuse larger images as decompression bombs (0: Pillow's limit only)"
     )
 
     out = p.add_argument_group("output")
-    out.add_argument("--sidecar-ext", default=".txt", help="caption file extension (default: .txt)")
+    add_options(out, BATCH, names=("sidecar_extension", "policy", "write_sidecars", "resume"))
     out.add_argument("--output-dir", help="write caption files here, mirroring the folder tree")
-    out.add_argument(
-        "--policy",
-        choices=POLICIES,
-        default="skip",
-        help="when a caption file exists: skip it (default), overwrite it, or append/prepend the caption",
-    )
     out.add_argument(
         "--separator", help="joins the old text and the caption on append/prepend (default: a line)"
     )
     out.add_argument("--manifest", help="also write one row per image to this .jsonl or .csv file")
-    out.add_argument("--no-sidecars", action="store_true", help="write no caption files (needs --manifest)")
-    out.add_argument(
-        "--no-resume", action="store_true", help="replace an existing manifest instead of going on from it"
-    )
 
     prompt = p.add_argument_group("caption file text")
+    add_options(prompt, TEMPLATE, defaults={"template": BATCH_TEMPLATE})
     prompt.add_argument(
-        "--template", help="e.g. '{prefix}, {caption}, {keywords}, {suffix}' (default: caption)"
+        "--keywords", action="store_true", help=f"add the model's keywords (SBG): {KEYWORDS_TEMPLATE!r}"
     )
-    prompt.add_argument("--prefix", default="", help="text before the caption (e.g. a LoRA trigger word)")
-    prompt.add_argument("--suffix", default="", help="text after the caption")
     prompt.add_argument(
-        "--keywords", action="store_true", help="add the model's keywords (SBG) after the caption"
+        "--keep-period", dest="strip_period", action="store_false", default=None, help="= --no-strip-period"
     )
-    prompt.add_argument("--max-keywords", type=int, help="at most this many keywords")
-    prompt.add_argument("--lowercase", action="store_true", help="lower-case the caption and keywords")
-    prompt.add_argument("--keep-period", action="store_true", help="keep the caption's final period")
+    add_options(prompt, CAPTION)
 
     run_group = p.add_argument_group("run")
     run_group.add_argument(
@@ -81,9 +60,7 @@ def register(sub) -> None:
         action="store_true",
         help="print the plan and a preview of the first captions; write nothing",
     )
-    run_group.add_argument(
-        "--preview", type=int, default=3, help="captions to preview in a dry run (default: 3)"
-    )
+    add_options(run_group, BATCH, names=("preview",))
     run_group.add_argument("--json", action="store_true", help="print the summary as JSON")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runtime(p)
@@ -93,18 +70,13 @@ def register(sub) -> None:
 
 def options_from_args(args: argparse.Namespace):
     """The ``BatchOptions`` for parsed arguments (``ConfigError`` for invalid combinations)."""
-    from icg.batch.engine import BATCH_TEMPLATE, KEYWORDS_TEMPLATE, BatchOptions
+    from icg.batch.engine import BatchOptions
     from icg.imaging import DEFAULT_MAX_PIXELS
+    from icg.options import CaptionOptions
     from icg.prompt import PromptTemplate
 
-    template = PromptTemplate(
-        template=args.template or (KEYWORDS_TEMPLATE if args.keywords else BATCH_TEMPLATE),
-        prefix=args.prefix,
-        suffix=args.suffix,
-        lowercase=args.lowercase,
-        max_keywords=args.max_keywords,
-        strip_period=not args.keep_period,
-    )
+    template = TEMPLATE.pick(args)
+    template.setdefault("template", KEYWORDS_TEMPLATE if args.keywords else BATCH_TEMPLATE)
     extensions = None
     if args.ext:
         extensions = tuple(ext for ext in args.ext.split(",") if ext.strip())
@@ -112,22 +84,17 @@ def options_from_args(args: argparse.Namespace):
     return BatchOptions(
         root=args.folder,
         model=args.model,
-        recursive=args.recursive,
         extensions=extensions,
-        batch_size=args.batch_size,
-        sidecar_extension=args.sidecar_ext,
         output_dir=args.output_dir,
-        policy=args.policy,
         separator=args.separator,
-        write_sidecars=not args.no_sidecars,
         manifest=args.manifest,
-        resume=not args.no_resume,
-        template=template,
+        template=PromptTemplate(**template),
         decoding=decoding_overrides(args),
+        caption=CaptionOptions(**CAPTION.pick(args)),
         dry_run=args.dry_run,
-        preview=args.preview,
         max_pixels=max_pixels,
         workers=args.workers,
+        **BATCH.pick(args),
     )
 
 

@@ -5,21 +5,19 @@
     icg caption --model sbg-flickr8k --keywords "dog, grass"          # no image: keywords in, caption out
     icg caption --model sbg-flickr8k photo.jpg --force beach --ban man
 
-``--keywords``, ``--force``, ``--ban``, ``--candidates`` and ``--vocabulary`` belong to SBG models; without
-``--model`` they select the SBG default model.
+``--keywords``, ``--force``, ``--ban`` and ``--vocabulary`` belong to SBG models; without ``--model`` they
+select the SBG default model.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
-from icg.commands.common import add_decoding, add_runtime, decoding_overrides, make_manager
+from icg.commands.common import add_decoding, add_options, add_runtime, decoding_overrides, make_manager
+from icg.options import CAPTION, DEFAULT_MODEL
 
-DEFAULT_MODEL = "clip-prefix-flickr8k"
 DEFAULT_SBG_MODEL = "sbg-flickr8k"
-STYLES = ("clean", "published")  # icg.text.CAPTION_STYLES, named here so --help imports nothing heavy
 
 
 def register(sub) -> None:
@@ -35,12 +33,7 @@ def register(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print full results as JSON")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--style",
-        choices=STYLES,
-        help="clean: a tidy sentence (default); published: exactly as the published code wrote it "
-        "(text + ' .'), for evaluation",
-    )
+    add_options(p, CAPTION)
     g = p.add_argument_group("SBG (selective blind guessing)")
     g.add_argument(
         "--keywords",
@@ -50,7 +43,6 @@ def register(sub) -> None:
     )
     g.add_argument("--force", action="append", default=[], metavar="KW", help="always use keyword KW")
     g.add_argument("--ban", action="append", default=[], metavar="KW", help="never use keyword KW")
-    g.add_argument("--candidates", type=int, metavar="N", help="captions to sample and re-rank (default 5)")
     g.add_argument("--vocabulary", metavar="FILE", help="SBG vocabulary.json (or a folder holding it)")
     add_runtime(p)
     add_decoding(p)
@@ -59,40 +51,31 @@ def register(sub) -> None:
 
 def _sbg_only(args: argparse.Namespace) -> list[str]:
     names = [("--keywords", args.keywords is not None), ("--force", args.force), ("--ban", args.ban)]
-    names += [("--vocabulary", args.vocabulary), ("--candidates", args.candidates is not None)]
+    names += [("--vocabulary", args.vocabulary)]
     return [name for name, given in names if given]
 
 
 def run(args: argparse.Namespace) -> int:
-    from icg.errors import ConfigError
+    from icg.options import CaptionOptions, split_words
+    from icg.pipeline import caption_images, caption_keywords
 
     if not args.images and args.keywords is None:
         args._parser.error("give IMAGE files, or --keywords for an SBG model")
-    if args.candidates is not None and args.candidates < 1:
-        args._parser.error("--candidates must be at least 1")
     model = args.model or (DEFAULT_SBG_MODEL if _sbg_only(args) else DEFAULT_MODEL)
-
+    options = CaptionOptions(
+        style=args.style,
+        keywords=None if args.keywords is None or not args.images else split_words(args.keywords),
+        force=tuple(args.force),
+        ban=tuple(args.ban),
+    )
     manager = make_manager(args)
-    if args.vocabulary:
-        manager.factories.captioner = _captioner_factory(args.vocabulary)
-    overrides = decoding_overrides(args)
-    if args.candidates is not None:
-        overrides["num_samples"] = args.candidates
-    with manager.session():
-        captioner = manager.captioner(model)
-        if captioner.kind != "sbg" and _sbg_only(args):
-            raise ConfigError(
-                f"{', '.join(_sbg_only(args))}: only for SBG models; {model!r} is a {captioner.kind} model"
-            )
-        decoding = captioner.decoding.replace(**overrides) if overrides else None
-        if args.images:
-            results = _caption_images(args, manager, model, captioner, decoding)
-        else:
-            results = [
-                captioner.caption_keywords(
-                    args.keywords, decoding, force=args.force, ban=args.ban, style=args.style
-                )
-            ]
+    decoding = decoding_overrides(args)
+    if args.images:
+        results = caption_images(
+            manager, model, args.images, decoding=decoding, options=options, batch_size=args.batch_size
+        )
+    else:
+        results = [caption_keywords(manager, model, args.keywords, decoding=decoding, options=options)]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     elif len(results) == 1:
@@ -101,38 +84,3 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{r.source}\t{r.caption}")
     return 0
-
-
-def _caption_images(args, manager, model, captioner, decoding):
-    """Through the one pipeline; SBG options ride along in ``sbg_options``, the prefix captioner's style
-    is switched for the job (the manager's lock is held throughout, so no other job sees it)."""
-    from icg.pipeline import caption_images
-
-    with contextlib.ExitStack() as stack:
-        if captioner.kind == "sbg":
-            from icg.sbg.captioner import sbg_options
-
-            stack.enter_context(
-                sbg_options(keywords=args.keywords, force=args.force, ban=args.ban, style=args.style)
-            )
-        elif args.style is not None and hasattr(captioner, "style"):
-            previous = captioner.style
-            captioner.style = args.style
-            stack.callback(setattr, captioner, "style", previous)
-        return caption_images(manager, model, args.images, decoding=decoding, batch_size=args.batch_size)
-
-
-def _captioner_factory(vocabulary: str):
-    """The default captioner factory, with SBG models reading ``vocabulary``."""
-
-    def load(name: str, manager):
-        from icg.models.loading import load_captioner, resolve_model
-
-        resolved = resolve_model(name, manager)
-        if resolved.kind != "sbg":
-            return load_captioner(name, manager)
-        from icg.sbg.captioner import load_sbg_captioner
-
-        return load_sbg_captioner(name, resolved, manager, vocabulary=vocabulary)
-
-    return load

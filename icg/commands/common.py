@@ -1,21 +1,71 @@
-"""Options shared by several subcommands."""
+"""What several subcommands share: runtime arguments, and arguments rendered from ``icg.options``."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
 
-DECODING_OPTIONS = (
-    "strategy",
-    "num_beams",
-    "num_samples",
-    "top_k",
-    "top_p",
-    "temperature",
-    "max_new_tokens",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "seed",
-)
+from icg.errors import ConfigError
+from icg.options import DECODING, Option, OptionGroup
+
+
+def option_type(option: Option):
+    """An argparse ``type`` that converts and checks a value with the option's own rule."""
+
+    def convert(text: str) -> Any:
+        try:
+            return option.check(text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
+
+    convert.__name__ = option.type.__name__  # argparse names the type in its "invalid ..." message
+    return convert
+
+
+def option_help(option: Option, default: Any = None) -> str:
+    bounds = option.bounds_text()
+    shown = option.default if default is None else default
+    parts = [bounds] if bounds and not option.choices else []
+    if shown is not None and shown != "":
+        parts.append(f"default: {shown}")
+    return option.help + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any,
+    group: OptionGroup,
+    *,
+    names: Iterable[str] | None = None,
+    title: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Arguments for ``group``'s options (or the ``names`` among them), each defaulting to None (= not
+    given), so the caller can tell what the user set. ``defaults`` only changes what help shows."""
+    target = parser.add_argument_group(title) if title else parser
+    defaults = defaults or {}
+    for option in group:
+        if names is not None and option.name not in names:
+            continue
+        shown = defaults.get(option.name)
+        if option.type is bool:
+            target.add_argument(
+                option.cli_flag,
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=option_help(option, shown),
+            )
+            continue
+        target.add_argument(
+            option.cli_flag,
+            *option.aliases,
+            dest=option.name,
+            type=option_type(option),
+            choices=option.choices,
+            default=None,
+            help=option_help(option, shown),
+        )
 
 
 def add_runtime(p: argparse.ArgumentParser) -> None:
@@ -29,21 +79,12 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def add_decoding(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding (defaults come from the model)")
-    g.add_argument("--strategy", choices=("greedy", "beam", "sample"))
-    g.add_argument("--beams", type=int, dest="num_beams")
-    g.add_argument("--samples", type=int, dest="num_samples", help="candidates to sample")
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--no-repeat-ngram", type=int, dest="no_repeat_ngram_size")
-    g.add_argument("--seed", type=int)
+    add_options(p, DECODING, title="decoding (defaults come from the model)")
 
 
-def decoding_overrides(args: argparse.Namespace) -> dict:
-    return {n: getattr(args, n) for n in DECODING_OPTIONS if getattr(args, n, None) is not None}
+def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the user gave on the command line."""
+    return DECODING.pick(args)
 
 
 def make_manager(args: argparse.Namespace):
@@ -57,5 +98,6 @@ def make_manager(args: argparse.Namespace):
             allow_download=args.download,
             clip=args.clip,
             tokenizer=args.tokenizer,
+            vocabulary=getattr(args, "vocabulary", None),
         )
     )

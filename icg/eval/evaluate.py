@@ -15,13 +15,12 @@ and the captions go to a JSONL beside it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +28,12 @@ from typing import Any
 
 from icg.errors import ConfigError
 from icg.eval.metrics import METRICS, TOKENIZATIONS, CaptionScorer, JavaStatus, format_table
+from icg.options import CaptionOptions
 
 log = logging.getLogger(__name__)
+
+#: Captions as the predecessor wrote them (``"text ."``), the form the seed's numbers were scored on.
+PUBLISHED = CaptionOptions(style="published")
 
 REPORT_FORMAT = "icg-eval-report"
 REPORT_VERSION = 1
@@ -98,15 +101,14 @@ def evaluate(
         prepared = time.perf_counter()
         rows = _rows(captioner, model, options)
         hypotheses: dict[str, list[str]] = {}
-        with _published(captioner):
-            for label, decoding in rows:
-                texts = []
-                for first in range(0, len(items), options.batch_size):
-                    batch = features[first : first + options.batch_size]
-                    texts += [r.caption for r in captioner.caption_features(batch, decoding)]
-                    if on_progress is not None:
-                        on_progress(label, min(first + options.batch_size, len(items)), len(items))
-                hypotheses[label] = texts
+        for label, decoding in rows:
+            texts = []
+            for first in range(0, len(items), options.batch_size):
+                batch = features[first : first + options.batch_size]
+                texts += [r.caption for r in captioner.caption_features(batch, decoding, PUBLISHED)]
+                if on_progress is not None:
+                    on_progress(label, min(first + options.batch_size, len(items)), len(items))
+            hypotheses[label] = texts
     captioned = time.perf_counter()
     references = {item.name: list(item.references) for item in items}
     results = []
@@ -180,23 +182,6 @@ def model_label(model: str) -> str:
     if len(path.parts) <= 1:
         return model
     return "/".join(path.parts[-2:])
-
-
-@contextlib.contextmanager
-def _published(captioner) -> Iterator[None]:
-    """Captions as the predecessor wrote them (``"text ."``), the form the seed's numbers were scored on."""
-    if captioner.kind == "sbg":
-        from icg.sbg.captioner import sbg_options
-
-        with sbg_options(style="published"):
-            yield
-        return
-    old = captioner.style
-    captioner.style = "published"
-    try:
-        yield
-    finally:
-        captioner.style = old
 
 
 def _load_items(manager, captioner, data: Path, options: EvalOptions, images_dir):

@@ -34,7 +34,7 @@ class Captioner(Protocol):
     normalize: bool
     clip_spec: ClipSpec | None
 
-    def caption_features(self, features, decoding=None) -> list: ...
+    def caption_features(self, features, decoding=None, options=None) -> list: ...
 
     def to(self, device) -> Any: ...
 
@@ -54,6 +54,7 @@ class RuntimeConfig:
     allow_download: bool = False
     clip: str | None = None  # a local CLIP folder (open_clip config + weights) or a registry id
     tokenizer: str | None = None  # a tokenizer folder or a registry id
+    vocabulary: str | None = None  # SBG: a vocabulary.json, a folder holding one, or a registry id
 
 
 @dataclass

@@ -35,13 +35,11 @@ in any batch (each image draws from its own generator seeded with it).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +49,7 @@ from icg.captioners.generation import Generated, generate
 from icg.captioners.result import Candidate, CaptionResult, Keyword
 from icg.config import ClipSpec, DecodingConfig, from_dict, to_dict
 from icg.errors import CheckpointError, ConfigError
+from icg.options import CaptionOptions
 from icg.sbg.bank import LabelBank
 from icg.sbg.keywords import SEPARATOR, KeywordConfig, KeywordSelector
 from icg.sbg.vocab import Vocabulary
@@ -70,38 +69,6 @@ SBG_DECODING = DecodingConfig(
 DEFAULT_STYLE = "clean"
 #: The step recorded for keywords a person gave (typed or edited) instead of the selection.
 USER_STEP = "user"
-
-_OPTIONS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "icg_sbg_options", default=None
-)
-
-
-@contextlib.contextmanager
-def sbg_options(
-    *,
-    keywords: Sequence[str] | str | None = None,
-    force: Iterable[str] = (),
-    ban: Iterable[str] = (),
-    style: str | None = None,
-) -> Iterator[None]:
-    """Per-call options for every ``SbgCaptioner.caption_features`` call made inside the block by this
-    thread (or task), for callers that go through ``icg.pipeline.caption_images``, whose signature
-    carries only the decoding. Explicit arguments to ``caption_features`` are added to these."""
-    if style is not None:
-        check_style(style)
-    token = _OPTIONS.set(
-        {
-            "keywords": None if keywords is None else parse_keywords(keywords),
-            "force": tuple(force),
-            "ban": tuple(ban),
-            "style": style,
-        }
-    )
-    try:
-        yield
-    finally:
-        _OPTIONS.reset(token)
-
 
 def check_style(style: str) -> str:
     if style not in CAPTION_STYLES:
@@ -237,24 +204,20 @@ class SbgCaptioner:
         self,
         features: torch.Tensor,
         decoding: DecodingConfig | None = None,
+        options: CaptionOptions | None = None,
         *,
-        keywords: Sequence[str] | Sequence[Sequence[str]] | str | None = None,
-        force: Iterable[str] = (),
-        ban: Iterable[str] = (),
-        style: str | None = None,
+        per_image_keywords: Sequence[Sequence[str]] | None = None,
     ) -> list[CaptionResult]:
         """``(B, D)`` L2-normalised CLIP image features -> one ``CaptionResult`` per image.
 
-        ``keywords`` replaces the selection (one list for every image, or one list per image; kept in the
-        given order and scored against the image); ``force`` / ``ban`` steer the selection (or edit the
-        given keywords); ``style`` overrides ``self.style``. Options set with ``sbg_options`` apply too.
+        ``options.keywords`` replaces the selection for every image (``per_image_keywords``: one list per
+        image), kept in the given order and scored against the image; ``options.force`` / ``ban`` steer
+        the selection (or edit the given keywords); ``options.style`` overrides ``self.style``.
         """
-        opts = _OPTIONS.get() or {}
-        style = check_style(style or opts.get("style") or self.style)
-        force = [*opts.get("force", ()), *force]
-        ban = [*opts.get("ban", ()), *ban]
-        if keywords is None:
-            keywords = opts.get("keywords")
+        options = options or CaptionOptions()
+        style = check_style(options.style or self.style)
+        force, ban = options.force, options.ban
+        keywords = per_image_keywords if per_image_keywords is not None else options.keywords
         cfg, seed = self._config(decoding)
         feats = self._as_batch(features)
         batch = feats.shape[0]
@@ -305,31 +268,26 @@ class SbgCaptioner:
         keywords: Sequence[str] | str,
         decoding: DecodingConfig | None = None,
         image_features: torch.Tensor | None = None,
-        *,
-        force: Iterable[str] = (),
-        ban: Iterable[str] = (),
-        style: str | None = None,
+        options: CaptionOptions | None = None,
     ) -> CaptionResult:
-        """Caption keywords a person typed or edited (``"dog, grass"`` or a list), kept in their order.
+        """Caption keywords a person typed or edited (``"dog, grass"`` or a list), kept in their order;
+        ``options`` give the style and the words to force or ban.
 
         With ``image_features`` (``(D,)`` or ``(1, D)``) the candidates are re-ranked by CLIP as usual.
         Without an image no re-ranking is possible: candidates are ordered by the language model's mean
         log-probability per token (``score_kind="logprob"``) and CLIP is never loaded.
         """
+        options = options or CaptionOptions()
+        words = parse_keywords(keywords)
         if image_features is not None:
             feats = self._as_batch(image_features)
             if feats.shape[0] != 1:
                 raise ValueError("caption_keywords takes the features of one image")
-            (result,) = self.caption_features(
-                feats, decoding, keywords=[parse_keywords(keywords)], force=force, ban=ban, style=style
-            )
+            (result,) = self.caption_features(feats, decoding, options, per_image_keywords=[words])
             return result
-        opts = _OPTIONS.get() or {}
-        style = check_style(style or opts.get("style") or self.style)
+        style = check_style(options.style or self.style)
         cfg, seed = self._config(decoding)
-        words = self._edit(
-            parse_keywords(keywords), [*opts.get("force", ()), *force], [*opts.get("ban", ()), *ban], style
-        )
+        words = self._edit(words, options.force, options.ban, style)
         start = time.perf_counter()
         (row,), (kept,) = self._sample([words], cfg, seed)
         words = words[:kept]
@@ -524,9 +482,10 @@ def load_sbg_captioner(
     ``model.safetensors``) and its settings (``resolved.meta``: registry facts > ``icg.json`` > defaults,
     see ``icg.models.loading.sbg_meta``).
 
-    ``vocabulary`` (e.g. ``--vocabulary``: a ``vocabulary.json``, a folder or an id) overrides the
-    model's. The CLIP is the manager's shared encoder, asked for only when text must be encoded, and its
-    spec is resolved on first use, so keywords typed by a person are captioned without any CLIP.
+    ``vocabulary`` (a ``vocabulary.json``, a folder or an id), else the runtime's (``--vocabulary``),
+    overrides the model's. The CLIP is the manager's shared encoder, asked for only when text must be
+    encoded, and its spec is resolved on first use, so keywords typed by a person are captioned without
+    any CLIP.
     """
     from icg.models import loading
 
@@ -542,7 +501,8 @@ def load_sbg_captioner(
         )
     model_id = entry.id if entry is not None else name
     decoding, style = sbg_settings(meta.get("decoding"), where=f"{model_id} decoding defaults")
-    vocab = Vocabulary.from_json(loading.resolve_vocabulary(vocabulary or meta.get("vocabulary"), manager))
+    vocabulary = vocabulary or manager.runtime.vocabulary or meta.get("vocabulary")
+    vocab = Vocabulary.from_json(loading.resolve_vocabulary(vocabulary, manager))
 
     from transformers import GPT2LMHeadModel
 

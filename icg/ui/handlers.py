@@ -19,17 +19,14 @@ from typing import Any
 
 from icg.captioners.result import CaptionResult
 from icg.errors import ConfigError, IcgError
-from icg.prompt import DEFAULT_TEMPLATE, PromptTemplate, split_parts
+from icg.options import BATCH_TEMPLATE, DEFAULT_TEMPLATE, MAX_DRAWN_SEED, MODEL_DEFAULT, STRATEGIES
+from icg.prompt import PromptTemplate, split_parts
 
 logger = logging.getLogger(__name__)
 
-MODEL_DEFAULT = "model default"
-STRATEGY_CHOICES = (MODEL_DEFAULT, "greedy", "beam", "sample")
+STRATEGY_CHOICES = (MODEL_DEFAULT, *STRATEGIES)
 CANDIDATE_HEADERS = ["#", "candidate", "score"]
-MAX_SEED = 2**31 - 1
-#: What a batch writes into each sidecar by default (``icg.batch.engine.BATCH_TEMPLATE``; kept here so
-#: building the panels does not import the engine).
-BATCH_TEMPLATE = "{prefix}, {caption}, {suffix}"
+MAX_SEED = MAX_DRAWN_SEED
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,19 +8,17 @@ each call in the WebUI's queue lock, ``shared.state`` job and device etiquette.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from icg.captioners.result import CaptionResult
-from icg.config import DecodingConfig
 from icg.errors import CheckpointError, ConfigError, IcgError, ModelNotFound
-from icg.prompt import DEFAULT_TEMPLATE
+from icg.options import DEFAULT_MODEL, DEFAULT_TEMPLATE, CaptionOptions
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "clip-prefix-flickr8k"
 CAPTION_KINDS = ("clip-prefix", "sbg")
 
 
@@ -86,60 +84,36 @@ class CaptionService:
         choices = _unique([*self.extra_models, self._default, *_registry_captioners()])
         return _unique([*choices, *_local_captioners(self.manager, set(choices))])
 
-    def decoding(self, model: str, overrides: dict[str, Any] | None) -> DecodingConfig | None:
-        """The model's decoding with ``overrides`` applied (None when there are none)."""
-        if not overrides:
-            return None
-        with self.manager.session():
-            base = getattr(self.manager.captioner(model), "decoding", None) or DecodingConfig()
-        try:
-            return base.replace(**overrides)
-        except TypeError as err:  # pragma: no cover - overrides are built from known names
-            raise ConfigError(f"invalid decoding option for {model}: {err}") from err
-
     # ------------------------------------------------------------------------------------ captions
-    def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None) -> CaptionResult:
-        """Caption one image (a PIL image, a path or bytes)."""
+    def caption(
+        self,
+        image: Any,
+        model: str,
+        decoding: Mapping[str, Any] | None = None,
+        options: CaptionOptions | None = None,
+    ) -> CaptionResult:
+        """Caption one image (a PIL image, a path or bytes); ``decoding`` overrides the model's defaults."""
         from icg.pipeline import caption_images
 
         if image is None:
             raise ConfigError("no image: upload or paste an image first")
-        decoding = self.decoding(model, overrides)
-        return caption_images(self.manager, model, [image], decoding=decoding, batch_size=1)[0]
-
-    def supports_keywords(self, model: str) -> bool:
-        with self.manager.session():
-            return hasattr(self.manager.captioner(model), "caption_keywords")
+        return caption_images(self.manager, model, [image], decoding=decoding, options=options)[0]
 
     def caption_keywords(
         self,
         keywords: Sequence[str],
         model: str,
-        overrides: dict[str, Any] | None = None,
+        decoding: Mapping[str, Any] | None = None,
+        options: CaptionOptions | None = None,
         image: Any = None,
     ) -> CaptionResult:
         """Write a caption from ``keywords`` with an SBG ``model``; with ``image`` the candidates are
         re-ranked against it, as in a normal SBG caption."""
-        from icg.imaging import load_image
+        from icg.pipeline import caption_keywords
 
-        if not keywords:
-            raise ConfigError("no keywords: type some (comma-separated) or caption an image first")
-        decoding = self.decoding(model, overrides)
-        with self.manager.session():
-            captioner = self.manager.captioner(model)
-            if not hasattr(captioner, "caption_keywords"):
-                kind = getattr(captioner, "kind", "this kind of model")
-                raise ConfigError(
-                    f"model {model!r} ({kind}) does not write captions from keywords; choose an SBG model"
-                )
-            features = None
-            if image is not None:
-                clip = self.manager.clip(captioner.clip_spec)
-                features = clip.encode_images([load_image(image)], normalize=captioner.normalize)
-            result = captioner.caption_keywords(list(keywords), decoding=decoding, image_features=features)
-        if isinstance(result, list):  # a batch API returns one result per row
-            result = result[0]
-        return result
+        return caption_keywords(
+            self.manager, model, keywords, decoding=decoding, options=options, image=image
+        )
 
     # ------------------------------------------------------------------------------------ folders
     def plan_batch(self, options: Any) -> Any:
