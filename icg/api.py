@@ -505,7 +505,12 @@ def mount_api(
             prompt = template.compose(result.caption, [k.text for k in result.keywords])
             return caption_payload(result, prompt)
 
-        return guarded(work)
+        def in_snapshot() -> dict[str, Any]:
+            snapshot = getattr(service, "snapshot", None)  # the WebUI's: one reading of its settings
+            with snapshot() if snapshot is not None else contextlib.nullcontext():
+                return work()
+
+        return guarded(in_snapshot)
 
     @router.post("/batch", response_model=JobOut, status_code=202)
     def start_batch(request: BatchRequest) -> dict[str, Any]:
@@ -517,8 +522,9 @@ def mount_api(
         def work() -> dict[str, Any]:
             model = check_model(service, request.model)
             options = batch_options(service, request, model)
-            total = len(service.plan_batch(options).todo)  # fails fast on an unreadable folder
-            return registry.submit(batch_work(service, options, lock), kind="batch", total=total).snapshot()
+            plan = service.plan_batch(options)  # fails fast on an unreadable folder; walked once
+            work = batch_work(service, options, lock, plan)
+            return registry.submit(work, kind="batch", total=len(plan.todo)).snapshot()
 
         return guarded(work)
 
@@ -584,7 +590,7 @@ def batch_options(service: Any, request: BatchRequest, model: str) -> Any:
 _BATCH_DEFAULT_KEYS = ("policy", "sidecar_extension", "batch_size", "separator")
 
 
-def batch_work(service: Any, options: Any, lock: Any) -> Callable[[Any], dict[str, Any]]:
+def batch_work(service: Any, options: Any, lock: Any, plan: Any = None) -> Callable[[Any], dict[str, Any]]:
     """The job function for a folder batch: runs the engine under ``lock`` and returns its summary."""
 
     def work(job: Any) -> dict[str, Any]:
@@ -595,7 +601,9 @@ def batch_work(service: Any, options: Any, lock: Any) -> Callable[[Any], dict[st
         with lock:
             if job.should_stop():
                 return {"stopped": True}
-            summary = service.run_batch(options, on_progress=on_progress, should_stop=job.should_stop)
+            summary = service.run_batch(
+                options, on_progress=on_progress, should_stop=job.should_stop, plan=plan
+            )
         return summary_dict(summary)
 
     return work

@@ -500,6 +500,20 @@ def test_api_mounted_with_the_webui_auth_and_lock(webui_env, manager):
     assert not call_queue.queue_lock.locked()
 
 
+@pytest.mark.parametrize("webui_env", [{"api": True}], indirect=True)
+def test_an_api_caption_reads_the_settings_once(webui_env, manager, monkeypatch):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    settings = env.adapter.settings.Settings
+    reads = []
+    original = settings.read.__func__
+    monkeypatch.setattr(settings, "read", classmethod(lambda cls: reads.append(1) or original(cls)))
+    response = TestClient(app).post("/icg/v1/caption", json={"image": png_base64()})
+    assert response.status_code == 200, response.text
+    assert len(reads) == 1
+
+
 @pytest.mark.parametrize("webui_env", [{"api": True, "api_auth": "nocolon"}], indirect=True)
 def test_malformed_api_auth_mounts_nothing(webui_env, manager):
     env = webui_env.start(manager)

@@ -79,18 +79,18 @@ class AutoCaptioner:
 
     def _caption_all(self, names: list[str]) -> None:
         """One job (the queue lock, the models loaded once) for up to ``AUTOCAPTION_CHUNK`` images."""
-        settings = Settings.read()
-        if self._clashes_with_parameter_files(settings):
-            return
         service = get_service()
-        model = settings.model_for(settings.autocaption_model)
-        with service.job("autocaption", track_state=False):
-            for name in names:
-                try:
-                    self.caption(service, settings, model, name)
-                except IcgError as err:
-                    self.errors.append(f"{name}: {err}")
-                    logger.warning("Image Caption: no caption for %s: %s", name, err)
+        with service.snapshot() as settings:
+            if self._clashes_with_parameter_files(settings):
+                return
+            model = settings.model_for(settings.autocaption_model)
+            with service.job("autocaption", track_state=False):
+                for name in names:
+                    try:
+                        self.caption(service, settings, model, name)
+                    except IcgError as err:
+                        self.errors.append(f"{name}: {err}")
+                        logger.warning("Image Caption: no caption for %s: %s", name, err)
 
     def _clashes_with_parameter_files(self, settings: Settings) -> bool:
         from icg.sinks import normalise_extension

@@ -9,7 +9,6 @@ from icg.errors import ConfigError
 from icg.prompt import MERGE_MODES, merge_prompt
 from icg.webui import host
 from icg.webui.service import get_service
-from icg.webui.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +48,10 @@ def img2img_caption(tab_index: Any, prompt: str, *images: Any) -> str:
     image = pick_image(tab_index, *images)
     if image is None:
         raise ConfigError("no init image: add one to img2img first")
-    settings = Settings.read()
     service = get_service()
-    model = settings.model_for(settings.img2img_model)
-    result = service.caption(image, model)
+    with service.snapshot() as settings:
+        model = settings.model_for(settings.img2img_model)
+        result = service.caption(image, model)
     composed = settings.template_obj().compose(result.caption, [k.text for k in result.keywords])
     mode = settings.prompt_mode if settings.prompt_mode in MERGE_MODES else "replace"
     return merge_prompt(prompt or "", composed, mode)

@@ -34,19 +34,37 @@ class WebUIService(CaptionService):
     def __init__(self, manager: Any, *, models: tuple[str, ...] = (), lock: HostLock | None = None) -> None:
         super().__init__(manager, models=models)
         self.lock = lock or HostLock()
+        self._local = threading.local()
 
     # ---------------------------------------------------------------- settings-driven parts
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Settings]:
+        """Within the block (a request, a job) this thread sees one reading of the settings."""
+        outer = getattr(self._local, "settings", None)
+        if outer is not None:
+            yield outer
+            return
+        self._local.settings = Settings.read()
+        try:
+            yield self._local.settings
+        finally:
+            self._local.settings = None
+
+    def settings(self) -> Settings:
+        """The block's reading of the settings (``snapshot``), or a fresh one outside any block."""
+        return getattr(self._local, "settings", None) or Settings.read()
+
     def default_model(self) -> str:
-        return Settings.read().default_model or super().default_model()
+        return self.settings().default_model or super().default_model()
 
     def model_choices(self) -> list[str]:
         return list(dict.fromkeys([self.default_model(), *super().model_choices()]))
 
     def prompt_template(self) -> PromptTemplate:
-        return Settings.read().template_obj()
+        return self.settings().template_obj()
 
     def batch_defaults(self) -> dict[str, Any]:
-        settings = Settings.read()
+        settings = self.settings()
         return {
             "policy": settings.sidecar_policy,
             "sidecar_extension": settings.sidecar_extension,
@@ -55,14 +73,14 @@ class WebUIService(CaptionService):
 
     def overrides(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """The settings' decoding defaults with ``given`` (a request, the panel) on top."""
-        return {**Settings.read().decoding_overrides(), **(given or {})}
+        return {**self.settings().decoding_overrides(), **(given or {})}
 
     # ---------------------------------------------------------------- jobs
     @contextlib.contextmanager
     def job(self, name: str, *, track_state: bool = True) -> Iterator[Any]:
         """One piece of model work: the queue lock, lowvram etiquette, a ``shared.state`` job, and the
         models offloaded afterwards (unless kept in memory). Everything is undone in ``finally``."""
-        with self.lock:
+        with self.lock, self.snapshot():
             state = getattr(host.shared(), "state", None) if track_state else None
             if state is not None:
                 state.begin(job=f"icg-{name}")
@@ -79,7 +97,7 @@ class WebUIService(CaptionService):
                         state.end()
 
     def after_job(self) -> None:
-        keep = Settings.read().keep_models_in_memory and not host.lowvram()
+        keep = self.settings().keep_models_in_memory and not host.lowvram()
         if not keep:
             try:
                 self.manager.offload()
@@ -95,7 +113,7 @@ class WebUIService(CaptionService):
         with self.job("caption"):
             return super().caption_keywords(keywords, model, self.overrides(overrides), options, image=image)
 
-    def run_batch(self, options, *, on_progress=None, should_stop=None, on_result=None):
+    def run_batch(self, options, *, on_progress=None, should_stop=None, on_result=None, plan=None):
         with self.job("batch") as state:
             progress = _StateProgress(state)
 
@@ -109,7 +127,7 @@ class WebUIService(CaptionService):
 
             try:
                 return super().run_batch(
-                    options, on_progress=progress_cb, should_stop=stop_cb, on_result=on_result
+                    options, on_progress=progress_cb, should_stop=stop_cb, on_result=on_result, plan=plan
                 )
             finally:
                 progress.close()
@@ -165,11 +183,11 @@ _SERVICE: WebUIService | None = None
 _SERVICE_LOCK = threading.Lock()
 
 
-def runtime_config() -> Any:
-    """The ``RuntimeConfig`` the WebUI's flags and settings ask for."""
+def runtime_config(settings: Settings | None = None) -> Any:
+    """The ``RuntimeConfig`` the WebUI's flags and ``settings`` (default: read now) ask for."""
     from icg.models.manager import RuntimeConfig
 
-    settings = Settings.read()
+    settings = settings or Settings.read()
     devices = host.module("devices")
     device = getattr(devices, "device_interrogate", None) if devices is not None else None
     if device is None and devices is not None and hasattr(devices, "get_device_for"):
@@ -214,7 +232,7 @@ def refresh_manager(service: WebUIService) -> None:
     from icg.models.manager import ModelManager
 
     current = service.manager.runtime
-    wanted = runtime_config()
+    wanted = runtime_config(service.settings())
     changes = {
         name: getattr(wanted, name)
         for name in _HOST_RUNTIME_FIELDS
