@@ -222,7 +222,6 @@ class BatchPlan:
     root: Path
     items: tuple[PlanItem, ...]
     output_dir: Path | None
-    manifest_rows_done: int = 0
 
     @property
     def todo(self) -> list[PlanItem]:
@@ -403,7 +402,7 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
             if action == "skip" and options.manifest is not None:
                 action = "manifest"
         items.append(PlanItem(path, key, sidecar, action, reason))
-    return BatchPlan(root, tuple(items), out, len(done))
+    return BatchPlan(root, tuple(items), out)
 
 
 # ------------------------------------------------------------------------------------------- running
