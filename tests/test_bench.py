@@ -60,7 +60,6 @@ def test_folder_benchmark_suite_runs_the_engine_at_both_batch_sizes():
     assert "-bound" in part["notes"]["folder"]
 
 
-@pytest.mark.slow
 def test_sbg_benchmark_suite_does_the_same_work_on_both_paths():
     from icg.bench.sbg import bench_sbg
 

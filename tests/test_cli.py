@@ -110,6 +110,7 @@ def test_doctor_runs_offline(tmp_path, capsys):
     assert "smoke caption on tiny random models: ok" in out and str(tmp_path) in out
 
 
+@pytest.mark.slow  # a Python process that imports torch and builds every tiny model
 def test_fixtures_module_writes_its_manifest(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "tests.fixtures", str(tmp_path / "fx")],
