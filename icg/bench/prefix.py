@@ -1,6 +1,4 @@
-"""The CLIP-prefix suite of ``python -m icg bench``: CLIP encoding at batch 1 and B; decoding by the
-predecessor's loop, the library's loop at batch 1 and B, and transformers' ``generate`` at B, all forced
-to the same number of new tokens."""
+"""The CLIP-prefix suite of ``python -m icg bench`` (see ``bench_prefix``)."""
 
 from __future__ import annotations
 
