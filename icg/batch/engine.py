@@ -216,7 +216,6 @@ class BatchPlan:
     root: Path
     items: tuple[PlanItem, ...]
     output_dir: Path | None
-    manifest_rows_done: int = 0
     done_keys: frozenset[str] = frozenset()  # the manifest's finished images the plan was made with
 
     @property
@@ -398,7 +397,7 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
             if action == "skip" and options.manifest is not None:
                 action = "manifest"
         items.append(PlanItem(path, key, sidecar, action, reason))
-    return BatchPlan(root, tuple(items), out, len(done), done)
+    return BatchPlan(root, tuple(items), out, done)
 
 
 # ------------------------------------------------------------------------------------------- running
