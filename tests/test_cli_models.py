@@ -85,20 +85,17 @@ def test_models_lists_registry_and_own_models(fx, models, capsys):
         "clip-vit-l-14-openai",
     } <= set(rows)
     assert {"clipcap-coco-mlp", "clipcap-conceptual-mlp", "my-sbg"} <= set(rows)
-    assert rows["clip-prefix-flickr8k"]["present"] is False
+    assert rows["clip-prefix-flickr8k"]["installed"] is False
+    assert "clip-prefix-flickr8k/flickr8k_gradient.pt" in rows["clip-prefix-flickr8k"]["missing"]
     assert rows["clip-prefix-flickr8k"]["source"].endswith(
         "Anshler/clip-prefix/resolve/main/flickr8k_gradient.pt"
     )
-    assert (
-        rows["sbg-vocabulary"]["size"] == 107881 + 51281 and rows["sbg-vocabulary"]["size_on_disk"] is False
-    )
+    vocabulary = rows["sbg-vocabulary"]
+    assert vocabulary["expected_bytes"] == 107881 + 51281 and vocabulary["size_bytes"] == 0
     own = rows["my-sbg"]
-    assert (
-        own["present"]
-        and not own["registered"]
-        and own["kind"] == "sbg"
-        and own["path"] == str(models / "my-sbg")
-    )
+    assert not own["registered"] and own["kind"] == "sbg" and own["path"] == str(models / "my-sbg")
+    # its tokenizer was imported with it; the CLIP and the vocabulary it names are not installed
+    assert own["requires"] == ["clip-vit-l-14-openai", "sbg-vocabulary"] and own["installed"] is False
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert f"models folder: {models}" in text and "my-sbg" in text and "(your model)" in text

@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from icg.captioners.result import CaptionResult
 from icg.config import DecodingConfig
-from icg.errors import CheckpointError, ConfigError, IcgError, ModelNotFound
+from icg.errors import ConfigError, IcgError
 from icg.prompt import DEFAULT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "clip-prefix-flickr8k"
-CAPTION_KINDS = ("clip-prefix", "sbg")
 
 
 @dataclass(frozen=True)
@@ -82,9 +80,9 @@ class CaptionService:
         return self._default
 
     def model_choices(self) -> list[str]:
-        """The extra models, the registry's captioners, then captioner folders found in the models folder."""
-        choices = _unique([*self.extra_models, self._default, *_registry_captioners()])
-        return _unique([*choices, *_local_captioners(self.manager, set(choices))])
+        """The extra models, the default, then the captioners of the model inventory
+        (``icg.models.inventory``: the registry's, installed or not, then local model folders)."""
+        return _unique([*self.extra_models, self._default, *_inventory_captioners(self.manager)])
 
     def decoding(self, model: str, overrides: dict[str, Any] | None) -> DecodingConfig | None:
         """The model's decoding with ``overrides`` applied (None when there are none)."""
@@ -166,32 +164,12 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(item for item in items if item))
 
 
-def _registry_captioners() -> list[str]:
-    from icg.models.registry import load_registry
+def _inventory_captioners(manager: Any) -> list[str]:
+    """The captioners of the model inventory: the registry's (installed or not), then local folders."""
+    from icg.models.inventory import captioner_ids, manager_inventory
 
     try:
-        return [entry.id for entry in load_registry().values() if entry.kind in CAPTION_KINDS]
+        return captioner_ids(manager_inventory(manager))
     except IcgError as err:  # a broken registry must not take the whole UI down
-        logger.warning("model registry unreadable: %s", err)
+        logger.warning("model inventory unreadable: %s", err)
         return []
-
-
-def _local_captioners(manager: Any, known: set[str]) -> list[str]:
-    """Folders in the models folder that hold a captioner and are not registry ids (imported models)."""
-    from icg.models.loading import detect_kind
-
-    try:
-        root = Path(manager.models_dir)
-        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    except OSError:
-        return []
-    found = []
-    for folder in folders:
-        if folder.name in known or folder.name.startswith(".") or folder.name in ("cache", "tmp"):
-            continue
-        try:
-            if detect_kind(folder) in CAPTION_KINDS:
-                found.append(folder.name)
-        except (CheckpointError, ModelNotFound, OSError):
-            continue
-    return found
