@@ -175,3 +175,12 @@ def test_real_offline_download_from_a_subprocess_is_fast(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert "all_labels.pkl" in line and "raw.githubusercontent.com/Anshler/ICG_sd_extension" in line
     assert "python -m icg import FOLDER --as sbg-vocabulary" in line
+
+
+def test_download_probes_again_after_the_network_came_back(models, tmp_path, monkeypatch, capsys):
+    use_test_registry(monkeypatch, tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    install_fake_hub(monkeypatch)  # the hub answers now
+    download._mark_unreachable(download.hf_endpoint(), "unreachable (down a moment ago)")
+    assert main(["download", "tiny-clip", "--quiet"]) == 0
+    assert f"ok: tiny-clip -> {models / 'tiny-clip'}" in capsys.readouterr().out
