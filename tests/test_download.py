@@ -424,7 +424,8 @@ def test_import_is_cheap():
     import subprocess
 
     code = (
-        "import sys, icg.models.download, icg.models.registry, icg.models.paths, icg.deps;"
+        "import sys, icg.models.download, icg.models.inventory, icg.models.registry, icg.models.paths;"
+        "import icg.deps;"
         "bad = [m for m in ('huggingface_hub', 'torch', 'transformers', 'tqdm') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
