@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,25 @@ def test_an_empty_or_absent_models_folder(tmp_path, monkeypatch):
     rows = inventory(tmp_path / "absent")
     assert [r.installed for r in rows] == [False] * 6  # the vocabulary needs nothing, but is not there
     assert all(r.registered for r in rows)
+
+
+def test_the_dropdown_choices_do_not_wait_for_a_running_job(states):
+    manager = ModelManager(RuntimeConfig(device="cpu", models_dir=str(states)))
+    service = CaptionService(manager, default_model="tiny-prefix")
+    inside, release, over = threading.Event(), threading.Event(), threading.Event()
+
+    def job():
+        with manager.session():
+            inside.set()
+            release.wait(30)
+        over.set()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    try:
+        assert inside.wait(30)
+        assert "my-sbg" in service.model_choices()
+        assert not over.is_set()  # answered while the job still held the manager's lock
+    finally:
+        release.set()
+        worker.join(30)

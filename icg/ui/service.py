@@ -166,10 +166,10 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 def _inventory_captioners(manager: Any) -> list[str]:
     """The captioners of the model inventory: the registry's (installed or not), then local folders."""
-    from icg.models.inventory import captioner_ids, manager_inventory
+    from icg.models.inventory import captioner_ids, inventory, supplied_kinds
 
-    try:
-        return captioner_ids(manager_inventory(manager))
+    try:  # not manager_inventory: what is loaded is not needed here, and asking waits for a running job
+        return captioner_ids(inventory(manager.models_dir, supplied=supplied_kinds(manager.runtime)))
     except IcgError as err:  # a broken registry must not take the whole UI down
         logger.warning("model inventory unreadable: %s", err)
         return []
