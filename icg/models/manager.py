@@ -12,8 +12,9 @@ install lock per registry model so that two callers never download the same file
 waits, then finds them installed). ``captioner()`` installs first, outside the lock, when
 ``RuntimeConfig.allow_download`` is set (without it, only what needs no network: converting originals
 already in the folder, copying from the Hugging Face cache); only loading onto the device runs under
-``lock``. A host that holds a lock of its own around captioning (the WebUI's queue lock) should call
-``install`` before taking it.
+``lock``. A host that holds a lock of its own around captioning (the WebUI's queue lock) calls
+``install_for_use(name)`` before taking it, and ``install(name, progress, explicit=True)`` for a
+Download button.
 
 How models are built and fetched is injectable (``Factories``), which is how tests and the WebUI adapter
 supply their own; so are the device and dtype policy (``RuntimeConfig.device`` / ``dtype`` take a string,
@@ -191,7 +192,7 @@ class ModelManager:
         if not name:
             raise ModelNotFound("no model given")
         if name not in self._captioners:
-            self._install_for_use(name)
+            self.install_for_use(name)
         with self.lock:
             self._ensure_on_device()
             if name not in self._captioners:
@@ -264,10 +265,11 @@ class ModelManager:
         with self._install_locks_guard:
             return self._install_locks.setdefault(model_id, threading.Lock())
 
-    def _install_for_use(self, name: str) -> None:
-        """Before a first load: install what ``name`` needs, outside the lock. With downloads allowed any
-        failure is the answer; without, only what needs no network is done and the loader explains what
-        is missing."""
+    def install_for_use(self, name: str) -> None:
+        """What ``captioner()`` does before a first load, for hosts to call before taking a lock of their
+        own (the WebUI's queue lock): install what the captioner ``name`` needs, with no lock held. With
+        ``RuntimeConfig.allow_download`` any failure is raised (``DownloadError``); without, only what
+        needs no network is done and the loader later explains what is missing. Cheap when installed."""
         from icg.models.loading import CAPTIONER_KINDS
         from icg.models.registry import load_registry
 
