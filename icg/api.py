@@ -175,17 +175,24 @@ class CaptionResponse(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """One ``icg.models.inventory.ModelStatus`` (its ``to_dict``)."""
+
     id: str
-    name: str
+    display_name: str
     kind: str
     description: str = ""
     installed: bool
     missing: list[str]
+    requires: list[str] = []
     size_bytes: int
     expected_bytes: int | None = None
     manual_only: bool = False
     loaded: bool = False
     default: bool = False
+    path: str = ""
+    source: str = ""
+    registered: bool = True
+    note: str = ""
 
 
 class ModelsResponse(BaseModel):
@@ -355,78 +362,20 @@ def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
 
 
 def describe_models(service: Any) -> dict[str, Any]:
-    """The models a user can choose, with what is installed: the ``GET /models`` payload (and the
-    WebUI's Models panel). Registry models count as installed when their files and the files of the
-    models they need (CLIP, tokenizer, vocabulary) are all there."""
-    from icg.models.download import expected_size, local_size, missing_downloads, present, ready_to_convert
-    from icg.models.registry import load_registry, with_requirements
+    """The models a user can choose, each as its ``icg.models.inventory`` record (which says what
+    "installed" means): the ``GET /models`` payload and the WebUI's Models panel."""
+    from icg.models.inventory import manager_inventory
 
     manager = service.manager
-    root = Path(manager.models_dir)
-    registry = load_registry()
-    loaded = manager.loaded()
+    choices = service.model_choices()
     default = service.default_model()
-    rows = []
-    for name in service.model_choices():
-        entry = registry.get(name)
-        if entry is None:
-            path = Path(name).expanduser()
-            folder = path if path.exists() else root / name
-            rows.append(
-                {
-                    "id": name,
-                    "name": folder.name,
-                    "kind": _local_kind(folder),
-                    "description": f"local model at {folder}",
-                    "installed": folder.exists(),
-                    "missing": [] if folder.exists() else [str(folder)],
-                    "size_bytes": _tree_size(folder),
-                    "expected_bytes": None,
-                    "manual_only": True,
-                    "loaded": name in loaded.get("captioners", []),
-                    "default": name == default,
-                }
-            )
-            continue
-        needed = with_requirements([entry], registry)
-        # Downloaded originals (a .pt, the vocabulary pickles) are converted on first use: installed.
-        waiting = [e for e in needed if not present(e, root) and not ready_to_convert(e, root)]
-        missing = [f"{e.id}/{f}" for e in waiting for f in missing_downloads(e, root)]
-        sizes = [expected_size(e) for e in needed]
-        rows.append(
-            {
-                "id": entry.id,
-                "name": entry.display_name,
-                "kind": entry.kind,
-                "description": entry.description,
-                "installed": not waiting,
-                "missing": missing,
-                "size_bytes": sum(local_size(e, root) for e in needed),
-                "expected_bytes": None if None in sizes else sum(sizes),
-                "manual_only": any(e.manual_only for e in waiting),
-                "loaded": entry.id in loaded.get("captioners", []),
-                "default": entry.id == default,
-            }
-        )
-    return {"default": default, "models_dir": str(root), "models": rows, "loaded": loaded}
-
-
-def _local_kind(folder: Path) -> str:
-    from icg.models.loading import detect_kind
-
-    try:
-        return detect_kind(folder)
-    except (IcgError, OSError):
-        return "unknown"
-
-
-def _tree_size(path: Path) -> int:
-    try:
-        if path.is_file():
-            return path.stat().st_size
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    except OSError:
-        return 0
+    rows = {row.id: row for row in manager_inventory(manager, extra=choices, default=default)}
+    return {
+        "default": default,
+        "models_dir": str(manager.models_dir),
+        "models": [rows[name].to_dict() for name in choices],
+        "loaded": manager.loaded(),
+    }
 
 
 def check_model(service: Any, model: str | None) -> str:

@@ -1,7 +1,9 @@
 """Which Python packages ICG needs, and what to do about the ones that are installed.
 
-Pure standard library: ``install.py`` imports this before any dependency exists (no ``packaging``,
-no ``pip`` internals). Versions are read with ``importlib.metadata``, never by importing the packages.
+Importing this module takes only the standard library: ``install.py`` imports it before any dependency
+exists. Versions are read with ``importlib.metadata``, never by importing the packages, and compared with
+``packaging`` (PEP 440), imported when first needed: the installed distribution, else the copy pip
+vendors (pip is always there when something is to be installed).
 
 Policy: install only what is missing. A package that is present but outside ICG's range is never
 upgraded or downgraded here, only reported: the WebUI pins torch, torchvision, transformers,
@@ -17,12 +19,12 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "REQUIREMENTS",
     "Plan",
     "Requirement",
-    "compare_versions",
     "installed_versions",
     "normalize_name",
     "parse_version",
@@ -63,6 +65,14 @@ class Requirement:
             bounds.append(f"<{self.maximum}")
         return self.pip_name + ",".join(bounds)
 
+    def admits(self, version: str) -> bool:
+        """Whether ``version`` satisfies the range (its local part ignored, pre-releases allowed);
+        ``ValueError`` when it isn't a version."""
+        _, requirements = _packaging()
+        return requirements.Requirement(self.specifier).specifier.contains(
+            parse_version(version), prereleases=True
+        )
+
 
 def _table(*requirements: Requirement) -> Mapping[str, Requirement]:
     return MappingProxyType({r.name: r for r in requirements})
@@ -79,67 +89,34 @@ REQUIREMENTS: Mapping[str, Requirement] = _table(
     Requirement("numpy", "1.24", pinned_by_webui=True),
     Requirement("Pillow", "9.5", pinned_by_webui=True),
     Requirement("tqdm", "4.60"),
+    Requirement("packaging", "20.0"),
     Requirement("gradio", "3.41", pinned_by_webui=True, optional=True),
 )
 
 
 # --------------------------------------------------------------------------------------------------
-# Versions (a PEP 440 subset that is enough for ordering real releases)
-
-_VERSION_RE = re.compile(
-    r"""
-    ^\s*v?
-    (?:(?P<epoch>\d+)!)?
-    (?P<release>\d+(?:\.\d+)*)
-    (?:[-_.]?(?P<pre_l>alpha|a|beta|b|preview|pre|rc|c)[-_.]?(?P<pre_n>\d+)?)?
-    (?:-(?P<post_n1>\d+)|[-_.]?(?P<post_l>post|rev|r)[-_.]?(?P<post_n2>\d+)?)?
-    (?:[-_.]?(?P<dev_l>dev)[-_.]?(?P<dev_n>\d+)?)?
-    (?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?
-    \s*$
-    """,
-    re.VERBOSE | re.IGNORECASE,
-)
-_PRE_RANK = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
-
-VersionKey = tuple
+# Versions (PEP 440, through packaging)
 
 
-def parse_version(text: str) -> VersionKey:
-    """An ordering key for ``text``. The local part (``+cu121``) is ignored; pre- and dev-releases sort
-    before their release, post-releases after. Raises ``ValueError`` for text that isn't a version."""
-    match = _VERSION_RE.match(text or "")
-    if match is None:
-        raise ValueError(f"not a version: {text!r}")
-    release = [int(part) for part in match.group("release").split(".")]
-    while len(release) > 1 and release[-1] == 0:
-        release.pop()
-    has_pre = match.group("pre_l") is not None
-    post_n = match.group("post_n1") or match.group("post_n2")
-    has_post = post_n is not None or match.group("post_l") is not None
-    has_dev = match.group("dev_l") is not None
-    if has_pre:
-        pre = (_PRE_RANK[match.group("pre_l").lower()], int(match.group("pre_n") or 0))
-    elif has_dev and not has_post:
-        pre = (-1, 0)  # 1.0.dev1 sorts before 1.0a1
-    else:
-        pre = (3, 0)  # a final release sorts after its pre-releases
-    post = int(post_n or 0) if has_post else -1
-    dev = (0, int(match.group("dev_n") or 0)) if has_dev else (1, 0)
-    return (int(match.group("epoch") or 0), tuple(release), pre, post, dev)
+def _packaging() -> tuple[Any, Any]:
+    """``packaging.version`` and ``packaging.requirements``: the installed ones, else pip's copy."""
+    try:
+        from packaging import requirements, version
+    except ImportError:  # a fresh virtualenv holds only pip, which vendors packaging
+        from pip._vendor.packaging import requirements, version
+    return version, requirements
 
 
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as ``a`` is older than, equal to or newer than ``b`` (``ValueError`` if unreadable)."""
-    ka, kb = parse_version(a), parse_version(b)
-    return (ka > kb) - (ka < kb)
+def parse_version(text: str) -> Any:
+    """``text`` as a ``packaging`` Version without its local part (``2.1.2+cu121`` -> ``2.1.2``).
+    Raises ``ValueError`` for text that isn't a PEP 440 version."""
+    version, _ = _packaging()
+    return version.Version(version.Version(text or "").public)
 
 
 def version_in_range(version: str, minimum: str | None = None, maximum: str | None = None) -> bool:
-    """``minimum <= version < maximum``, either bound optional."""
-    key = parse_version(version)
-    if minimum is not None and key < parse_version(minimum):
-        return False
-    return not (maximum is not None and key >= parse_version(maximum))
+    """``minimum <= version < maximum`` (PEP 440 specifiers), either bound optional; pre-releases count."""
+    return Requirement("x", minimum, maximum).admits(version)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +189,7 @@ def plan(
             satisfied.append(req.name)
             continue
         try:
-            ok = version_in_range(version, req.minimum, req.maximum)
+            ok = req.admits(version)
         except ValueError:
             warnings.append(
                 f"{req.pip_name}: can't read the installed version {version!r}; ICG needs {req.specifier} "

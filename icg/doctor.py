@@ -67,9 +67,8 @@ def smoke_caption(device, dtype) -> tuple[str, float]:
 def run_doctor(args, out: TextIO) -> int:
     from icg.__version__ import __version__
     from icg.devices import resolve_device, resolve_dtype
-    from icg.models.download import present
+    from icg.models.inventory import inventory, supplied_kinds
     from icg.models.paths import models_dir
-    from icg.models.registry import load_registry
 
     def say(line: str = "") -> None:
         out.write(line + "\n")
@@ -85,9 +84,8 @@ def run_doctor(args, out: TextIO) -> int:
     say(f"device: {device}{gpu}, dtype: {str(dtype).replace('torch.', '')}")
     root = models_dir(args.models_dir)
     say(f"models folder: {root}{'' if root.is_dir() else ' (does not exist yet)'}")
-    for entry in load_registry().values():
-        state = "present" if present(entry, root) else "missing"
-        say(f"  {entry.id:<28} {state}")
+    for row in inventory(root, supplied=supplied_kinds(args)):  # --clip / --tokenizer supply those
+        say(f"  {row.id:<28} {'present' if row.installed else 'missing'}")
     try:
         caption, seconds = smoke_caption(device, dtype)
     except Exception as err:  # noqa: BLE001 - the doctor reports any failure instead of crashing

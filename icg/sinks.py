@@ -190,6 +190,20 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
         raise
 
 
+def atomic_write_json(
+    path: str | os.PathLike,
+    data: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """Write ``data`` as UTF-8 JSON (non-ASCII kept as is) ending in one newline, atomically, as
+    ``atomic_write`` does: the one JSON writer for every config, manifest and state file ICG saves."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default, ensure_ascii=False)
+    atomic_write(path, (text + "\n").encode("utf-8"))
+
+
 def _create_temp(path: Path) -> tuple[str, int]:
     """A new hidden ``.<name>.<random>.tmp`` beside ``path``, created with the umask's permissions."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

@@ -84,20 +84,17 @@ def test_models_lists_registry_and_own_models(fx, models, capsys):
         "clip-vit-l-14-openai",
     } <= set(rows)
     assert {"clipcap-coco-mlp", "clipcap-conceptual-mlp", "my-sbg"} <= set(rows)
-    assert rows["clip-prefix-flickr8k"]["present"] is False
+    assert rows["clip-prefix-flickr8k"]["installed"] is False
+    assert "clip-prefix-flickr8k/flickr8k_gradient.pt" in rows["clip-prefix-flickr8k"]["missing"]
     assert rows["clip-prefix-flickr8k"]["source"].endswith(
         "Anshler/clip-prefix/resolve/main/flickr8k_gradient.pt"
     )
-    assert (
-        rows["sbg-vocabulary"]["size"] == 107881 + 51281 and rows["sbg-vocabulary"]["size_on_disk"] is False
-    )
+    vocabulary = rows["sbg-vocabulary"]
+    assert vocabulary["expected_bytes"] == 107881 + 51281 and vocabulary["size_bytes"] == 0
     own = rows["my-sbg"]
-    assert (
-        own["present"]
-        and not own["registered"]
-        and own["kind"] == "sbg"
-        and own["path"] == str(models / "my-sbg")
-    )
+    assert not own["registered"] and own["kind"] == "sbg" and own["path"] == str(models / "my-sbg")
+    # its tokenizer was imported with it; the CLIP and the vocabulary it names are not installed
+    assert own["requires"] == ["clip-vit-l-14-openai", "sbg-vocabulary"] and own["installed"] is False
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert f"models folder: {models}" in text and "my-sbg" in text and "(your model)" in text
@@ -175,3 +172,12 @@ def test_real_offline_download_from_a_subprocess_is_fast(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert "all_labels.pkl" in line and "raw.githubusercontent.com/Anshler/ICG_sd_extension" in line
     assert "python -m icg import FOLDER --as sbg-vocabulary" in line
+
+
+def test_download_probes_again_after_the_network_came_back(models, tmp_path, monkeypatch, capsys):
+    use_test_registry(monkeypatch, tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    install_fake_hub(monkeypatch)  # the hub answers now
+    download._mark_unreachable(download.hf_endpoint(), "unreachable (down a moment ago)")
+    assert main(["download", "tiny-clip", "--quiet"]) == 0
+    assert f"ok: tiny-clip -> {models / 'tiny-clip'}" in capsys.readouterr().out

@@ -23,7 +23,7 @@ REAL_PROBE = download.probe_origin
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.files`` (name -> bytes) with optional ``Range: bytes=N-`` support."""
+    """Serves ``server.files`` (name -> bytes) and records each request's method, path and Range header."""
 
     def log_message(self, format, *args):  # keep pytest output clean
         pass
@@ -35,25 +35,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
-        start = 0
-        header = self.headers.get("Range")
-        if header and server.honour_range and header.startswith("bytes=") and header.endswith("-"):
-            start = int(header[len("bytes=") : -1])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if not body_only_headers:
-            self.wfile.write(body)
+            self.wfile.write(data)
 
     def do_GET(self):
         self._send(False)
@@ -67,7 +53,6 @@ def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files = {}
     httpd.requests = []
-    httpd.honour_range = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -201,34 +186,17 @@ def test_url_download_with_progress_bar(server, tmp_path):
     assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
 
 
-def test_resume_sends_range_and_appends(server, tmp_path):
+def test_failed_url_download_leaves_nothing_and_starts_over(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD[:1000]  # a truncated answer: the size check fails
+    entry = _url_entry(server.base)
+    with pytest.raises(DownloadError, match="size mismatch"):
+        download.download_model(entry, tmp_path, progress=False)
+    assert not (tmp_path / "tiny-url").exists()  # no temp file, no empty folder
     server.files["w.bin"] = PAYLOAD
-    part = tmp_path / "tiny-url" / "w.bin.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(PAYLOAD[:1000])
-    download.download_model(_url_entry(server.base), tmp_path, progress=False)
+    download.download_model(entry, tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "tiny-url").iterdir()] == ["w.bin"]
     assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
-    gets = [r for r in server.requests if r[0] == "GET"]
-    assert gets == [("GET", "/w.bin", "bytes=1000-")]
-
-
-def test_server_ignoring_range_restarts(server, tmp_path):
-    server.files["w.bin"] = PAYLOAD
-    server.honour_range = False
-    part = tmp_path / "tiny-url" / "w.bin.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"garbage that must not survive")
-    download.download_model(_url_entry(server.base), tmp_path, progress=False)
-    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
-
-
-def test_complete_part_file_is_finished(server, tmp_path):
-    server.files["w.bin"] = PAYLOAD
-    part = tmp_path / "tiny-url" / "w.bin.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(PAYLOAD)  # the server answers 416 to bytes=<size>-
-    download.download_model(_url_entry(server.base), tmp_path, progress=False)
-    assert (tmp_path / "tiny-url" / "w.bin").read_bytes() == PAYLOAD
+    assert all(rng is None for _method, _path, rng in server.requests)  # never a ranged request
 
 
 def test_sha_mismatch_deletes_and_names_everything(server, tmp_path):
@@ -382,6 +350,16 @@ def test_unreachable_url_host_is_remembered(server, tmp_path):
     download.forget_unreachable()
 
 
+def test_an_explicit_download_forgets_the_unreachable_memo(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    entry = _url_entry(server.base)
+    download._mark_unreachable(server.base, "unreachable (the network was down a moment ago)")
+    with pytest.raises(DownloadError, match="the network was down"):  # an implicit install trusts the memo
+        download.download_model(entry, tmp_path, progress=False)
+    done = download.download_models([entry], tmp_path, progress=False)  # the user asked: probe again
+    assert done == {"tiny-url": tmp_path / "tiny-url"} and download.present(entry, tmp_path)
+
+
 def test_probe_origin_reports_any_http_answer_as_reachable(server):
     assert REAL_PROBE(server.base) is None  # a 404 for "/" is an answer
     server.shutdown()
@@ -446,7 +424,8 @@ def test_import_is_cheap():
     import subprocess
 
     code = (
-        "import sys, icg.models.download, icg.models.registry, icg.models.paths, icg.deps;"
+        "import sys, icg.models.download, icg.models.inventory, icg.models.registry, icg.models.paths;"
+        "import icg.deps;"
         "bad = [m for m in ('huggingface_hub', 'torch', 'transformers', 'tqdm') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -364,33 +364,3 @@ def test_a_failed_conversion_says_what_to_do(fx, tmp_path, monkeypatch):
     assert (root / "tiny-prefix" / "tiny.pt").exists()
     assert not download.present(load_registry()["tiny-prefix"], root)
     assert [p.name for p in (root / "tiny-prefix").iterdir()] == ["tiny.pt"]
-
-
-def test_listing_shows_registry_and_own_models(fx, tmp_path, monkeypatch):
-    use_test_registry(monkeypatch, tmp_path)
-    root = tmp_path / "models"
-    importer.import_model([fx["clip_prefix_pt"]], "tiny-prefix", root)
-    importer.import_model([fx["clip_prefix_pt"]], "my-own", root, clip=fx["clip_dir"])
-    importer.import_model([fx["sbg_generator_dir"]], "my-sbg", root)
-    (root / "not-a-model").mkdir()
-    (root / "cache").mkdir()
-    rows = {r.id: r for r in download.list_models(root)}
-    assert set(rows) == {
-        "tiny-prefix",
-        "tiny-sbg",
-        "tiny-vocabulary",
-        "tiny-tokenizer",
-        "tiny-clip",
-        "tiny-manual",
-        "my-own",
-        "my-sbg",
-    }
-    assert rows["tiny-prefix"].present and rows["tiny-prefix"].size_on_disk and rows["tiny-prefix"].size > 0
-    assert not rows["tiny-sbg"].present and rows["tiny-sbg"].source.endswith(
-        "someone/tiny-sbg/resolve/main/config.json"
-    )
-    assert "python -m icg import FILE --as tiny-manual" in rows["tiny-manual"].note
-    own = rows["my-own"]
-    assert (own.kind, own.registered, own.present, own.source) == ("clip-prefix", False, True, "local")
-    assert own.path == root / "my-own" and own.size == download.folder_size(root / "my-own")
-    assert rows["my-sbg"].kind == "sbg"

@@ -44,15 +44,15 @@ INSTALL_PY = ROOT / "install.py"
     ],
 )
 def test_version_order(older, newer):
-    assert deps.compare_versions(older, newer) == -1
-    assert deps.compare_versions(newer, older) == 1
+    assert deps.parse_version(older) < deps.parse_version(newer)
+    assert not deps.parse_version(newer) < deps.parse_version(older)
 
 
 @pytest.mark.parametrize(
     ("a", "b"), [("2.1", "2.1.0"), ("2.1.2+cu121", "2.1.2"), ("v1.0", "1.0.0"), ("2.0.0RC1", "2.0.0rc1")]
 )
 def test_version_equal(a, b):
-    assert deps.compare_versions(a, b) == 0
+    assert deps.parse_version(a) == deps.parse_version(b)
 
 
 @pytest.mark.parametrize("bad", ["", "unknown", "abc1.0", "1.0-beta-x"])
@@ -68,6 +68,15 @@ def test_version_in_range():
     assert not deps.version_in_range("2.1.0rc1", "2.1")
     assert deps.version_in_range("1.9", None, "2.0")
     assert not deps.version_in_range("2.0", None, "2.0")
+
+
+def test_versions_without_the_packaging_distribution(monkeypatch):
+    """A fresh virtualenv holds only pip: its vendored packaging reads the versions then."""
+    for name in ("packaging", "packaging.version", "packaging.requirements"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import packaging` now raises ImportError
+    assert deps.version_in_range("4.30.2", "4.30") and not deps.version_in_range("4.29.9", "4.30")
+    assert deps.version_in_range("5.0.0rc1", "4.30")  # a pre-release of a newer version is accepted
+    assert deps.plan({**_all_present(), "torch": "2.0.1"}).warnings
 
 
 def test_normalize_name():
@@ -91,6 +100,7 @@ def _all_present(**overrides):
         "numpy": "1.26.2",
         "Pillow": "9.5.0",
         "tqdm": "4.70.1",
+        "packaging": "26.4",
         "gradio": "3.41.2",
     }
     table.update(overrides)

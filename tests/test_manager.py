@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import weakref
 
 import pytest
 import torch
 
 from icg.config import ClipSpec
-from icg.errors import ConfigError
-from icg.models import importer, loading
+from icg.errors import ConfigError, DownloadError
+from icg.models import download, importer, loading
+from icg.models.inventory import model_status
 from icg.models.manager import Factories, ModelManager, RuntimeConfig
 from icg.pipeline import caption_images
-from tests.model_fixtures import fixture_models, write_image
+from tests.model_fixtures import fixture_models, use_test_registry, write_image
 
 SPEC = ClipSpec(arch="fake", pretrained="x")
 
@@ -49,14 +49,41 @@ class FakeModel:
         return []
 
 
-class Counting:
-    """Factories that count their calls and build FakeModels."""
+class ObservedLock:
+    """A re-entrant lock that tells when a thread had to wait for it (``contended``)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.contended = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.contended.set()
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Counting:
+    """Factories that count their calls and build FakeModels. With ``hold_until`` set, a load waits for
+    that event (a second loader then has every chance to start one too: there must be none)."""
+
+    def __init__(self, hold_until: threading.Event | None = None) -> None:
         self.log: list = []
         self.clip_calls = 0
         self.captioner_calls: list[str] = []
-        self.delay = delay
+        self.hold_until = hold_until
         self.lock = threading.Lock()
 
     def clip(self, spec, manager):
@@ -67,11 +94,12 @@ class Counting:
         manager.device  # noqa: B018 - as the real loaders do: the device is resolved on first load
         with self.lock:
             self.captioner_calls.append(name)
-        time.sleep(self.delay)  # widen the window for a second loader (there must be none)
+        if self.hold_until is not None:
+            assert self.hold_until.wait(30)
         return FakeModel(name, self.log)
 
-    def factories(self) -> Factories:
-        return Factories(clip=self.clip, captioner=self.captioner)
+    def factories(self, **kw) -> Factories:
+        return Factories(clip=self.clip, captioner=self.captioner, **kw)
 
 
 def _fake_manager(counting: Counting, device=None) -> ModelManager:
@@ -220,8 +248,10 @@ def test_unload_drops_every_reference():
 
 # ------------------------------------------------------------------------------------------ threads
 def test_concurrent_requests_load_once():
-    counting = Counting(delay=0.05)
+    lock = ObservedLock()
+    counting = Counting(hold_until=lock.contended)  # the first load ends once another request waits
     manager = _fake_manager(counting)
+    manager.lock = lock
     barrier = threading.Barrier(20)
     got, errors = [], []
 
@@ -246,6 +276,7 @@ def test_offload_and_unload_wait_for_a_running_session():
     counting = Counting()
     manager = _fake_manager(counting)
     model = manager.captioner("a")
+    manager.lock = lock = ObservedLock()
     entered, release = threading.Event(), threading.Event()
     order: list[str] = []
 
@@ -269,7 +300,8 @@ def test_offload_and_unload_wait_for_a_running_session():
     assert entered.wait(10)
     other = threading.Thread(target=offloader)
     other.start()
-    time.sleep(0.2)  # give the offloader every chance to (wrongly) run now
+    assert lock.contended.wait(30)  # the offloader is waiting for the lock the job holds
+    assert order == [] and counting.log == []
     release.set()
     runner.join(10)
     other.join(10)
@@ -338,3 +370,168 @@ def test_real_offload_on_cuda(tmp_path):
     manager.unload()
     gc.collect()
     assert ref() is None
+
+
+# ------------------------------------------------------------------------------------------ install
+class FakeFetcher:
+    """Stands in for the download: writes a registry model's files; ``block`` holds it inside the fetch
+    of that model until ``release`` is set (``inside`` says it got there)."""
+
+    def __init__(self, block: str | None = None) -> None:
+        self.block = block
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.calls: list[tuple[str, bool | None]] = []
+        self.guard = threading.Lock()
+
+    def __call__(self, entry, root, offline):
+        with self.guard:
+            self.calls.append((entry.id, offline))
+        if entry.id == self.block:
+            self.inside.set()
+            assert self.release.wait(30)
+        folder = root / entry.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in entry.required_files:
+            (folder / name).write_text("x")
+        return folder
+
+
+def _installing_manager(tmp_path, monkeypatch, fetcher, counting=None, **runtime) -> ModelManager:
+    use_test_registry(monkeypatch, tmp_path)
+    counting = counting or Counting()
+    config = RuntimeConfig(device=FakeDevice(), models_dir=str(tmp_path / "models"), **runtime)
+    return ModelManager(config, counting.factories(fetch=fetcher))
+
+
+def _run(target) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(target()))
+    thread.start()
+    return thread, out
+
+
+def test_install_fetches_a_model_and_its_requirements_once(tmp_path, monkeypatch):
+    fetcher = FakeFetcher()
+    manager = _installing_manager(tmp_path, monkeypatch, fetcher)
+    steps = []
+    done = manager.install("tiny-prefix", progress=lambda fraction, text: steps.append((fraction, text)))
+    assert done == ["tiny-clip", "tiny-tokenizer", "tiny-prefix"]  # requirements first
+    assert fetcher.calls == [("tiny-clip", None), ("tiny-tokenizer", None), ("tiny-prefix", None)]
+    assert [t for _, t in steps] == [
+        "installing tiny-clip",
+        "installing tiny-tokenizer",
+        "installing tiny-prefix",
+        "installed",
+    ]
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][0] == 1.0
+    assert model_status("tiny-prefix", manager.models_dir).installed
+    assert manager.install("tiny-prefix") == [] and len(fetcher.calls) == 3  # installed: nothing to do
+
+
+def test_two_installs_of_the_same_model_download_it_once(tmp_path, monkeypatch):
+    fetcher = FakeFetcher(block="tiny-clip")
+    manager = _installing_manager(tmp_path, monkeypatch, fetcher)
+    first, first_done = _run(lambda: manager.install("tiny-prefix"))
+    assert fetcher.inside.wait(30)  # the first install is downloading the CLIP
+    waiting = threading.Event()
+
+    def progress(fraction, text):
+        if text.startswith("waiting for tiny-clip"):
+            waiting.set()
+
+    second, second_done = _run(lambda: manager.install("tiny-sbg", progress=progress))
+    assert waiting.wait(30)  # the second waits for the same CLIP instead of downloading it again
+    fetcher.release.set()
+    first.join(30)
+    second.join(30)
+    assert [c for c, _ in fetcher.calls].count("tiny-clip") == 1
+    assert sorted(c for c, _ in fetcher.calls) == [
+        "tiny-clip",
+        "tiny-prefix",
+        "tiny-sbg",
+        "tiny-tokenizer",
+        "tiny-vocabulary",
+    ]
+    assert "tiny-clip" in first_done[0] and "tiny-clip" not in second_done[0]
+    assert model_status("tiny-sbg", manager.models_dir).installed
+
+
+def test_an_install_holds_no_manager_lock(tmp_path, monkeypatch):
+    fetcher = FakeFetcher(block="tiny-prefix")
+    manager = _installing_manager(tmp_path, monkeypatch, fetcher)
+    loaded = manager.captioner("a")  # not a registry model: nothing to install
+    installing, _ = _run(lambda: manager.install("tiny-prefix"))
+    assert fetcher.inside.wait(30)
+    assert manager.lock.acquire(timeout=30)  # free while the download runs
+    manager.lock.release()
+    with manager.session():  # a job on a loaded model runs meanwhile
+        assert manager.captioner("a") is loaded
+    fetcher.release.set()
+    installing.join(30)
+    assert not installing.is_alive()
+
+
+def _lock_is_free(manager: ModelManager) -> bool:
+    """Whether another thread can take the manager's lock (waiting generously for it)."""
+
+    def probe() -> bool:
+        got = manager.lock.acquire(timeout=30)
+        if got:
+            manager.lock.release()
+        return got
+
+    thread, result = _run(probe)
+    thread.join(60)
+    return result == [True]
+
+
+def test_first_use_installs_outside_the_lock_when_downloads_are_allowed(tmp_path, monkeypatch):
+    lock_free = []
+
+    class Checking(FakeFetcher):
+        def __call__(self, entry, root, offline):
+            lock_free.append(_lock_is_free(manager))
+            return super().__call__(entry, root, offline)
+
+    counting = Counting()
+    fetcher = Checking()
+    manager = _installing_manager(tmp_path, monkeypatch, fetcher, counting, allow_download=True)
+    manager.captioner("tiny-prefix")
+    assert counting.captioner_calls == ["tiny-prefix"]
+    assert fetcher.calls == [("tiny-clip", None), ("tiny-tokenizer", None), ("tiny-prefix", None)]
+    assert lock_free == [True, True, True]
+    manager.captioner("tiny-prefix")  # loaded: no second install
+    assert len(fetcher.calls) == 3
+
+
+def test_first_use_without_downloads_only_installs_offline(tmp_path, monkeypatch):
+    class Refusing(FakeFetcher):
+        def __call__(self, entry, root, offline):
+            self.calls.append((entry.id, offline))
+            raise DownloadError(f"{entry.id}: offline")
+
+    fetcher = Refusing()
+    counting = Counting()
+    manager = _installing_manager(tmp_path, monkeypatch, fetcher, counting)
+    manager.captioner("tiny-sbg")  # the (fake) loader decides what a missing model means
+    assert fetcher.calls == [("tiny-clip", True)]  # offline only; the first refusal ends the install
+    assert counting.captioner_calls == ["tiny-sbg"]
+    manager.captioner("tiny-tokenizer")  # not a captioner: nothing is installed for it
+    assert len(fetcher.calls) == 1
+
+
+def test_an_explicit_install_probes_unreachable_hosts_again(tmp_path, monkeypatch):
+    seen = []
+
+    class Recording(FakeFetcher):
+        def __call__(self, entry, root, offline):
+            seen.append(download._known_unreachable(download.hf_endpoint()))
+            return super().__call__(entry, root, offline)
+
+    manager = _installing_manager(tmp_path, monkeypatch, Recording())
+    download._mark_unreachable(download.hf_endpoint(), "unreachable (down a minute ago)")
+    manager.install("tiny-clip")
+    (manager.models_dir / "tiny-clip" / "open_clip_pytorch_model.bin").unlink()
+    manager.install("tiny-clip", explicit=True)
+    assert seen == ["unreachable (down a minute ago)", None]
+    download.forget_unreachable()

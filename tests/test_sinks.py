@@ -470,3 +470,17 @@ def test_atomic_write_with_a_failing_writer_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
     atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(b"new"))
     assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_json(tmp_path):
+    from icg.sinks import atomic_write_json
+
+    target = tmp_path / "sub" / "config.json"
+    atomic_write_json(target, {"b": "café", "a": [1, 2]}, sort_keys=True)
+    assert target.read_bytes() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": "café"\n}\n'.encode()
+    with pytest.raises(TypeError):  # not serialisable: the old file stays, no temp file is left
+        atomic_write_json(target, {"x": object()})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": [1, 2], "b": "café"}
+    assert [p.name for p in target.parent.iterdir()] == ["config.json"]
+    atomic_write_json(target, {"n": 1.5}, indent=None, default=str)
+    assert target.read_text(encoding="utf-8") == '{"n": 1.5}\n'

@@ -573,6 +573,49 @@ def test_models_panel_rows_download_and_unload(webui_env, manager):
     assert manager.loaded()["captioners"] == []
 
 
+def test_a_first_use_download_runs_while_a_generation_holds_the_queue_lock(webui_env, manager, monkeypatch):
+    """Fetching a model never waits for the WebUI's queue lock: only loading and captioning do."""
+    import threading
+
+    from modules import call_queue
+
+    env = webui_env.start(manager)
+    installing, finish_install = threading.Event(), threading.Event()
+    seen = []
+
+    def install_for_use(model):
+        seen.append((model, call_queue.queue_lock.locked()))
+        installing.set()
+        assert finish_install.wait(60)
+
+    monkeypatch.setattr(manager, "install_for_use", install_for_use)
+    call_queue.queue_lock.acquire()  # a generation is running
+    results = []
+    image, model = Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"]
+    worker = threading.Thread(target=lambda: results.append(env.service.caption(image, model)))
+    try:
+        worker.start()
+        assert installing.wait(60)  # the download started although the generation holds the lock
+        assert seen == [(env.files["clip_prefix_pt"], True)]
+        finish_install.set()
+    finally:
+        call_queue.queue_lock.release()  # the generation ends; the caption job takes the lock
+    worker.join(120)
+    assert results and results[0].caption
+
+
+def test_the_download_button_installs_explicitly(webui_env, manager, monkeypatch):
+    """No WebUI lock, and ``explicit``: hosts remembered as unreachable are tried again."""
+    env = webui_env.start(manager)
+    env.shared.cmd_opts.icg_offline = False
+    monkeypatch.delenv("ICG_OFFLINE", raising=False)
+    calls = []
+    monkeypatch.setattr(manager, "install", lambda model, progress=None, **kw: calls.append((model, kw)))
+    message = env.adapter.models_panel.download_models(env.service, "clip-prefix-flickr8k")
+    assert calls == [("clip-prefix-flickr8k", {"explicit": True})]
+    assert "clip-prefix-flickr8k: installed" in message
+
+
 # ------------------------------------------------------------------------------------------ auto-caption
 def _save(env, folder, name="00001-123.png"):
     folder.mkdir(parents=True, exist_ok=True)

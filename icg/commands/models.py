@@ -78,21 +78,25 @@ def register(sub) -> None:
 
 # ------------------------------------------------------------------------------------------ models
 def run_models(args: argparse.Namespace) -> int:
-    from icg.models.download import format_size, list_models
+    from icg.models.download import format_size
+    from icg.models.inventory import inventory
     from icg.models.paths import models_dir
 
     root = models_dir(args.models_dir)
-    rows = list_models(root)
+    rows = inventory(root)
     if args.json:
         print(json.dumps({"models_dir": str(root), "models": [r.to_dict() for r in rows]}, indent=2))
         return 0
     print(f"models folder: {root}{'' if root.is_dir() else ' (does not exist yet)'}")
     width = max(len(r.id) for r in rows) if rows else 10
     for row in rows:
-        state = "present" if row.present else "missing"
-        size = format_size(row.size) if row.size_on_disk else f"~{format_size(row.size)} to download"
-        if row.size is None:
+        state = "present" if row.installed else "missing"
+        if row.size_bytes:
+            size = format_size(row.size_bytes)
+        elif row.expected_bytes is None:
             size = "size unknown"
+        else:
+            size = f"~{format_size(row.expected_bytes)} to download"
         own = "" if row.registered else "  (your model)"
         print(f"{row.id:<{width}}  {row.kind:<14} {state:<8} {size}{own}")
         print(f"{'':<{width}}  {row.path}")
@@ -105,13 +109,14 @@ def run_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ download
 def run_download(args: argparse.Namespace) -> int:
     from icg.errors import DownloadError
-    from icg.models.download import download_model, plan_download
+    from icg.models.download import download_model, forget_unreachable, plan_download
     from icg.models.paths import models_dir
     from icg.models.registry import resolve_entries, with_requirements
 
     root = models_dir(args.models_dir)
     entries = resolve_entries(args.ids) if args.no_deps else with_requirements(args.ids)
     offline = True if args.offline else None
+    forget_unreachable()  # an explicit download probes the hosts again
     plan = plan_download(entries, root, offline=offline)
     if not plan.todo:
         print(f"already installed in {root}: {', '.join(e.id for e in entries)}")

@@ -1,13 +1,13 @@
-"""Fetching model files into the models folder, checking them, converting them, and telling what is
-installed.
+"""Fetching model files into the models folder, checking them and converting them. What is installed is
+``icg.models.inventory``'s business (it uses the file checks below).
 
 * ``hf`` sources go through ``huggingface_hub.hf_hub_download`` with ``local_dir`` = the model folder, so
   the files land there under their own names (resume and the hub's cache are the hub's business).
   huggingface_hub is imported only when something is downloaded. Offline, or with the hub unreachable,
   a file already in the Hugging Face cache is still copied in (``local_files_only``).
-* ``url`` sources are plain HTTPS downloads with ``urllib``: written to ``<file>.part``, resumed with a
-  ``Range`` request when a ``.part`` exists (a full download when the server ignores it), checked
-  against the registry's size and sha256 where known, then renamed into place.
+* ``url`` sources (the two small SBG vocabulary pickles) are plain HTTPS downloads with ``urllib``:
+  streamed into a temp file beside the destination, checked against the registry's size and sha256,
+  then renamed into place; no resume (a failed download starts over).
 * Before the first file from a host, the host is probed once with one short HEAD request (the hub client
   itself retries an unreachable host for ~25 s per file); an unreachable host is remembered for a minute
   and fails every file at once, so an offline machine gets its answer in well under a second.
@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -46,10 +45,8 @@ from icg.errors import DownloadError, IcgError
 from icg.models.paths import ensure_dir, model_dir
 from icg.models.registry import (
     HF_ENDPOINT,
-    RESERVED_IDS,
     ModelEntry,
     ModelSource,
-    load_registry,
     resolve_entries,
 )
 
@@ -65,7 +62,6 @@ CHUNK_SIZE = 1 << 20
 USER_AGENT = f"icg/{__version__} (+https://github.com/Anshler/ICG_sd_extension)"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +264,11 @@ def _mark_unreachable(url: str, reason: str) -> None:
 
 
 def forget_unreachable() -> None:
-    """Forget which hosts were found unreachable (they are otherwise remembered for a minute)."""
+    """Forget which hosts were found unreachable (they are otherwise remembered for a minute).
+
+    Every explicit download (``icg download``, ``download_models``, ``ModelManager.install(...,
+    explicit=True)`` behind the Models panel's Download) calls this first, so a network that came back
+    is seen at once; only implicit installs on first use rely on the memo."""
     with _UNREACHABLE_LOCK:
         _UNREACHABLE.clear()
 
@@ -277,7 +277,7 @@ def probe_origin(origin: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """One HEAD request to ``origin`` without retries: ``None`` when a server answered (any HTTP
     status), else why not. Honours the proxy environment variables, as the download clients do."""
     try:
-        with _open(origin + "/", 0, method="HEAD", timeout=timeout):
+        with _open(origin + "/", method="HEAD", timeout=timeout):
             return None
     except urllib.error.HTTPError:
         return None
@@ -386,7 +386,7 @@ def _fetch_hf(source: ModelSource, folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str) -> Iterator[Any]:
+def _progress_bar(enabled: bool, total: int | None, desc: str) -> Iterator[Any]:
     bar = None
     if enabled:
         try:
@@ -394,7 +394,7 @@ def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str) -> 
         except ImportError:
             tqdm = None
         if tqdm is not None:
-            bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
     try:
         yield bar
     finally:
@@ -402,10 +402,8 @@ def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str) -> 
             bar.close()
 
 
-def _open(url: str, start: int, method: str = "GET", timeout: float = HTTP_TIMEOUT_S) -> Any:
+def _open(url: str, method: str = "GET", timeout: float = HTTP_TIMEOUT_S) -> Any:
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
     request = urllib.request.Request(url, headers=headers, method=method)
     return urllib.request.urlopen(request, timeout=timeout)
 
@@ -419,78 +417,49 @@ def _http_reason(err: BaseException) -> str:
 
 
 def _fetch_url(source: ModelSource, folder: Path, progress: bool) -> Path:
+    """A plain download of a small file: streamed into a hidden temp file beside its destination while
+    hashing, checked against the registry's size and sha256, then renamed into place. A failed download
+    leaves nothing behind and starts over next time (large weights go through the hub, which resumes)."""
+    from icg.sinks import atomic_write_with
+
     url, name = str(source.url), str(source.filename)
     reason = unreachable_reason(url)
     if reason is not None:
         raise DownloadError(reason)
-    dest = folder / name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for _attempt in range(2):
-        start = part.stat().st_size if part.is_file() else 0
-        if source.size is not None and start > source.size:
-            part.unlink()
-            start = 0
-        try:
-            response = _open(url, start)
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and start:  # range not satisfiable: the .part is complete or stale
-                if source.size is not None and start == source.size:
-                    break
-                part.unlink()
-                continue
-            raise DownloadError(_http_reason(err)) from err
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            if not isinstance(err, ValueError):
-                _mark_unreachable(url, _http_reason(err))
-            raise DownloadError(_http_reason(err)) from err
-        with response:
-            status = getattr(response, "status", None) or response.getcode()
-            mode = "wb"
-            if start and status == 206:
-                match = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
-                if match and int(match.group(1)) == start:
-                    mode = "ab"
-                    logger.info("Resuming %s at %s", name, format_size(start))
-            if mode == "wb":
-                if start:
-                    logger.info("The server ignored the resume request for %s; downloading it again", name)
-                start = 0
-            length = response.headers.get("Content-Length")
-            total = start + int(length) if length and length.isdigit() else source.size
-            written = start
-            try:
-                with open(part, mode) as fh, _progress_bar(progress, total, start, name) as bar:
-                    while chunk := response.read(CHUNK_SIZE):
-                        fh.write(chunk)
-                        written += len(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-            except OSError as err:
-                raise DownloadError(
-                    f"interrupted after {format_size(written)} ({_http_reason(err)}); run again to resume"
-                ) from err
-            if total is not None and written < total:
-                raise DownloadError(
-                    f"the connection closed after {format_size(written)} of {format_size(total)}; "
-                    "run again to resume"
-                )
-        break
-    else:  # pragma: no cover - both attempts were 416 on a stale .part
-        raise DownloadError("the server refused the byte range twice")
+    try:
+        response = _open(url)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(_http_reason(err)) from err
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        if not isinstance(err, ValueError):
+            _mark_unreachable(url, _http_reason(err))
+        raise DownloadError(_http_reason(err)) from err
 
-    actual_size = part.stat().st_size
-    if source.size is not None and actual_size != source.size:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"{name}: size mismatch, expected {source.size} bytes, got {actual_size}")
-    if source.sha256 is not None:
-        actual = sha256_file(part)
-        if actual != source.sha256:
-            part.unlink(missing_ok=True)
+    def stream(tmp: str) -> None:
+        digest, size = hashlib.sha256(), 0
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else source.size
+        try:
+            with response, open(tmp, "wb") as fh, _progress_bar(progress, total, name) as bar:
+                while chunk := response.read(CHUNK_SIZE):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+        except OSError as err:
+            reason = _http_reason(err)
+            raise DownloadError(f"{name}: interrupted after {format_size(size)} ({reason})") from err
+        if source.size is not None and size != source.size:
+            raise DownloadError(f"{name}: size mismatch, expected {source.size} bytes, got {size}")
+        actual = digest.hexdigest()
+        if source.sha256 is not None and actual != source.sha256.lower():
             raise DownloadError(
-                f"{name}: sha256 mismatch, expected {source.sha256}, got {actual} (file deleted)"
+                f"{name}: sha256 mismatch, expected {source.sha256.lower()}, got {actual} (file deleted)"
             )
-    os.replace(part, dest)
+
+    dest = folder / name
+    atomic_write_with(dest, stream)
     return dest
 
 
@@ -507,7 +476,7 @@ def _probe_size(source: ModelSource) -> int | None:
             size = hub.get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S).size
             return int(size) if size is not None else None
         if source.kind == "url":
-            with _open(str(source.url), 0, method="HEAD", timeout=PROBE_TIMEOUT_S) as response:
+            with _open(str(source.url), method="HEAD", timeout=PROBE_TIMEOUT_S) as response:
                 length = response.headers.get("Content-Length")
                 return int(length) if length and length.isdigit() else None
     except Exception:  # a probe only improves a log line
@@ -562,10 +531,11 @@ def _convert(entry: ModelEntry, folder: Path, keep_original: bool) -> None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Remove a model folder a failed download created, when it holds no file worth keeping (a ``.part``
-    to resume from is worth keeping; the hub's ``.cache`` notes are not)."""
+    """Remove a model folder a failed download created, when it holds no file worth keeping: a file, or
+    the hub's partial ``*.incomplete`` download it resumes from, are; its other ``.cache`` notes are not."""
     for path in folder.rglob("*"):
-        if path.is_file() and ".cache" not in path.relative_to(folder).parts:
+        inside_cache = ".cache" in path.relative_to(folder).parts
+        if path.is_file() and (not inside_cache or path.suffix == ".incomplete"):
             return
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -707,8 +677,10 @@ def download_models(
     """Download (and convert) several models (ids or entries); log the total size first.
 
     Every model is attempted; if any failed, one ``DownloadError`` lists each failure (one line each)
-    after the others have been fetched. Returns ``{id: folder}`` when all succeeded.
+    after the others have been fetched. Returns ``{id: folder}`` when all succeeded. This is an explicit
+    request: the hosts remembered as unreachable are forgotten first and probed again.
     """
+    forget_unreachable()
     root_path = Path(root)
     entries = resolve_entries(models, registry)
     if not is_offline(offline):
@@ -733,119 +705,3 @@ def download_models(
     if errors:
         raise DownloadError("\n".join(errors))
     return done
-
-
-# --------------------------------------------------------------------------------------------------
-# What the models folder holds
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One line of ``python -m icg models``: a registry model (installed or not) or a user's own."""
-
-    id: str
-    display_name: str
-    kind: str
-    present: bool
-    size: int | None  # bytes on disk when present (or partly there), else the expected download
-    size_on_disk: bool
-    path: Path
-    source: str  # the first source's address; "local" for a user's own model
-    registered: bool  # in the registry (False: a model folder the user imported or trained)
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "display_name": self.display_name,
-            "kind": self.kind,
-            "present": self.present,
-            "size": self.size,
-            "size_on_disk": self.size_on_disk,
-            "path": str(self.path),
-            "source": self.source,
-            "registered": self.registered,
-            "note": self.note,
-        }
-
-
-def folder_size(folder: str | os.PathLike[str]) -> int:
-    """Bytes of every file under ``folder`` (0 when it does not exist)."""
-    total = 0
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in names:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(dirpath, name))
-    return total
-
-
-def _registry_status(entry: ModelEntry, root: Path) -> ModelStatus:
-    is_present = present(entry, root)
-    on_disk = local_size(entry, root)
-    note = ""
-    if not is_present:
-        if ready_to_convert(entry, root):
-            note = "downloaded, converted on first use"
-        elif entry.manual_only:
-            note = f"manual download, then: {IMPORT_COMMAND.format(id=entry.id)}"
-        elif on_disk:
-            note = "partly downloaded"
-    size = on_disk if (is_present or on_disk) else expected_size(entry)
-    first = entry.sources[0]
-    return ModelStatus(
-        id=entry.id,
-        display_name=entry.display_name,
-        kind=entry.kind,
-        present=is_present,
-        size=size,
-        size_on_disk=bool(is_present or on_disk),
-        path=model_dir(entry, root),
-        source=first.download_url,
-        registered=True,
-        note=note,
-    )
-
-
-def local_models(
-    root: str | os.PathLike[str], registry: Mapping[str, ModelEntry] | None = None
-) -> list[ModelStatus]:
-    """Users' own models: valid model folders in ``root`` whose name is not a registry id."""
-    from icg.models.loading import describe_folder
-
-    entries = registry if registry is not None else load_registry()
-    root_path = Path(root)
-    found: list[ModelStatus] = []
-    if not root_path.is_dir():
-        return found
-    for folder in sorted(root_path.iterdir()):
-        name = folder.name
-        if not folder.is_dir() or name.startswith(".") or name in RESERVED_IDS or name in entries:
-            continue
-        try:
-            kind, display = describe_folder(folder)
-        except IcgError as err:
-            logger.debug("skipping %s: %s", folder, err)
-            continue
-        found.append(
-            ModelStatus(
-                id=name,
-                display_name=display,
-                kind=kind,
-                present=True,
-                size=folder_size(folder),
-                size_on_disk=True,
-                path=folder,
-                source="local",
-                registered=False,
-            )
-        )
-    return found
-
-
-def list_models(
-    root: str | os.PathLike[str], registry: Mapping[str, ModelEntry] | None = None
-) -> list[ModelStatus]:
-    """Every registry model (present or not) and then every user's own model in ``root``."""
-    entries = registry if registry is not None else load_registry()
-    root_path = Path(root)
-    return [_registry_status(e, root_path) for e in entries.values()] + local_models(root_path, entries)

@@ -1,4 +1,4 @@
-"""The model manager: the one owner of loaded models.
+"""The model manager: the one owner of loaded models, and of installing them.
 
 Models load lazily on first use; one ``ClipEncoder`` is shared by every captioner that asks for the same
 CLIP; ``offload()`` parks them in CPU memory and ``unload()`` frees them. A re-entrant lock serialises
@@ -6,10 +6,21 @@ loading and running, so concurrent requests (the WebUI API, a batch job and the 
 twice or run on a model that is half-way to another device: a job that runs inside ``session()`` holds
 the lock, and ``offload()`` / ``unload()`` from another thread wait until it ends.
 
-How models are built is injectable (``Factories``), which is how tests and the WebUI adapter supply their
-own; so are the device and dtype policy (``RuntimeConfig.device`` / ``dtype`` take a string, a
-``torch.device`` / ``torch.dtype``, or a zero-argument callable evaluated on first use, e.g. the WebUI's
-``devices.device_interrogate`` and fp32 under ``--no-half``). Default: CUDA when available, fp16 there.
+Installing is separate from loading and never holds the lock: ``install(name)`` fetches and converts
+what a model needs (its files and the registry models it requires) with no manager lock held, one
+install lock per registry model so that two callers never download the same files twice (the second
+waits, then finds them installed). ``captioner()`` installs first, outside the lock, when
+``RuntimeConfig.allow_download`` is set (without it, only what needs no network: converting originals
+already in the folder, copying from the Hugging Face cache); only loading onto the device runs under
+``lock``. A host that holds a lock of its own around captioning (the WebUI's queue lock) calls
+``install_for_use(name)`` before taking it, and ``install(name, progress, explicit=True)`` for a
+Download button.
+
+How models are built and fetched is injectable (``Factories``), which is how tests and the WebUI adapter
+supply their own; so are the device and dtype policy (``RuntimeConfig.device`` / ``dtype`` take a string,
+a ``torch.device`` / ``torch.dtype``, or a zero-argument callable evaluated on first use, e.g. the
+WebUI's ``devices.device_interrogate`` and fp32 under ``--no-half``). Default: CUDA when available, fp16
+there.
 """
 
 from __future__ import annotations
@@ -20,10 +31,13 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from icg.config import ClipSpec
-from icg.errors import ConfigError, ModelNotFound
+from icg.errors import ConfigError, DownloadError, ModelNotFound
+
+if TYPE_CHECKING:
+    from icg.models.registry import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +73,26 @@ class RuntimeConfig:
 
 @dataclass
 class Factories:
-    """How models are built; each receives the manager so it can resolve paths and share the CLIP."""
+    """How models are built and fetched. ``clip`` and ``captioner`` receive the manager so they can
+    resolve paths and share the CLIP; ``fetch(entry, models_dir, offline)`` puts one registry model's
+    files into the models folder (download and convert; default ``download.download_model``)."""
 
     clip: Callable[[ClipSpec, ModelManager], Any] = field(default=None)  # type: ignore[assignment]
     captioner: Callable[[str, ModelManager], Captioner] = field(default=None)  # type: ignore[assignment]
+    fetch: Callable[[ModelEntry, Path, bool | None], Any] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         from icg.models import loading
 
         self.clip = self.clip or loading.load_clip
         self.captioner = self.captioner or loading.load_captioner
+        self.fetch = self.fetch or _download
+
+
+def _download(entry: ModelEntry, root: Path, offline: bool | None) -> Path:
+    from icg.models.download import download_model
+
+    return download_model(entry, root, offline=offline, progress=False)
 
 
 def _called(value: Any) -> Any:
@@ -123,6 +147,8 @@ class ModelManager:
         self._offloaded = False
         self._device = None
         self._dtype = None
+        self._install_locks: dict[str, threading.Lock] = {}
+        self._install_locks_guard = threading.Lock()
 
     # ------------------------------------------------------------------------------------ policy
     @property
@@ -162,14 +188,102 @@ class ModelManager:
             return self._clip
 
     def captioner(self, name: str) -> Captioner:
-        """The captioner for a registry id, a path or a user's model, loaded on first use."""
+        """The captioner for a registry id, a path or a user's model, loaded on first use (installed
+        first, outside the lock; see the module docstring)."""
         if not name:
             raise ModelNotFound("no model given")
+        if name not in self._captioners:
+            self.install_for_use(name)
         with self.lock:
             self._ensure_on_device()
             if name not in self._captioners:
                 self._captioners[name] = self.factories.captioner(name, self)
             return self._captioners[name]
+
+    # ------------------------------------------------------------------------------------ install
+    def install(
+        self,
+        name: str,
+        progress: Callable[[float, str], Any] | None = None,
+        *,
+        explicit: bool = False,
+        offline: bool | None = None,
+    ) -> list[str]:
+        """Fetch and convert everything ``name`` needs into the models folder: the model itself when it
+        is a registry id, and the registry models it requires (CLIP, tokenizer, vocabulary; not those the
+        runtime overrides). Runs with no manager lock held, so models already loaded keep captioning;
+        one lock per registry model makes a second caller wait for a running install of the same model
+        and then find it installed. Returns the ids fetched or converted by this call.
+
+        ``progress(fraction, text)`` is called before each model and at the end. ``explicit``: a user
+        asked for this download now (a Download button): hosts remembered as unreachable are probed
+        again. ``offline``: True refuses the network, None lets ``ICG_OFFLINE``/``HF_HUB_OFFLINE``
+        decide. Raises ``DownloadError`` (offline, unreachable, manual-only, checksum, conversion)."""
+        from icg.models.download import forget_unreachable
+        from icg.models.inventory import model_status, supplied_kinds
+        from icg.models.registry import load_registry
+
+        registry = load_registry()
+        root = self.models_dir
+        status = model_status(name, root, registry=registry, supplied=supplied_kinds(self.runtime))
+        needed = [registry[i] for i in status.requires] + ([registry[name]] if status.registered else [])
+        if explicit:
+            forget_unreachable()
+        return self._install_entries(needed, root, offline, progress)
+
+    def _install_entries(
+        self,
+        entries: list[ModelEntry],
+        root: Path,
+        offline: bool | None,
+        progress: Callable[[float, str], Any] | None,
+    ) -> list[str]:
+        from icg.models.download import present
+
+        def report(index: int, text: str) -> None:
+            if progress is not None:
+                progress(index / max(len(entries), 1), text)
+
+        done = []
+        for index, entry in enumerate(entries):
+            lock = self._install_lock(entry.id)
+            if not lock.acquire(blocking=False):
+                report(index, f"waiting for {entry.id}: another request is installing it")
+                lock.acquire()
+            try:
+                if present(entry, root):
+                    continue
+                report(index, f"installing {entry.id}")
+                log.info("installing %s into %s", entry.id, root)
+                self.factories.fetch(entry, root, offline)
+                done.append(entry.id)
+            finally:
+                lock.release()
+        report(len(entries), "installed")
+        return done
+
+    def _install_lock(self, model_id: str) -> threading.Lock:
+        with self._install_locks_guard:
+            return self._install_locks.setdefault(model_id, threading.Lock())
+
+    def install_for_use(self, name: str) -> None:
+        """What ``captioner()`` does before a first load, for hosts to call before taking a lock of their
+        own (the WebUI's queue lock): install what the captioner ``name`` needs, with no lock held. With
+        ``RuntimeConfig.allow_download`` any failure is raised (``DownloadError``); without, only what
+        needs no network is done and the loader later explains what is missing. Cheap when installed."""
+        from icg.models.loading import CAPTIONER_KINDS
+        from icg.models.registry import load_registry
+
+        entry = load_registry().get(name)
+        if entry is not None and entry.kind not in CAPTIONER_KINDS:
+            return  # the loader says what it is instead; nothing to fetch for a wrong name
+        if self.runtime.allow_download:
+            self.install(name)
+            return
+        try:
+            self.install(name, offline=True)
+        except DownloadError as err:
+            log.debug("%s is not installed and downloads are off: %s", name, err)
 
     def loaded(self) -> dict[str, Any]:
         """What is in memory now: the CLIP's id, the captioners' names, whether they are offloaded."""

@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from icg.captioners.result import CaptionResult
-from icg.errors import CheckpointError, ConfigError, IcgError, ModelNotFound
+from icg.errors import ConfigError, IcgError
 from icg.options import DEFAULT_MODEL, DEFAULT_TEMPLATE, CaptionOptions
 
 logger = logging.getLogger(__name__)
-
-CAPTION_KINDS = ("clip-prefix", "sbg")
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,9 @@ class CaptionService:
         return self._default
 
     def model_choices(self) -> list[str]:
-        """The extra models, the registry's captioners, then captioner folders found in the models folder."""
-        choices = _unique([*self.extra_models, self._default, *_registry_captioners()])
-        return _unique([*choices, *_local_captioners(self.manager, set(choices))])
+        """The extra models, the default, then the captioners of the model inventory
+        (``icg.models.inventory``: the registry's, installed or not, then local model folders)."""
+        return _unique([*self.extra_models, self._default, *_inventory_captioners(self.manager)])
 
     # ------------------------------------------------------------------------------------ captions
     def caption(
@@ -146,32 +143,12 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(item for item in items if item))
 
 
-def _registry_captioners() -> list[str]:
-    from icg.models.registry import load_registry
+def _inventory_captioners(manager: Any) -> list[str]:
+    """The captioners of the model inventory: the registry's (installed or not), then local folders."""
+    from icg.models.inventory import captioner_ids, inventory, supplied_kinds
 
-    try:
-        return [entry.id for entry in load_registry().values() if entry.kind in CAPTION_KINDS]
+    try:  # not manager_inventory: what is loaded is not needed here, and asking waits for a running job
+        return captioner_ids(inventory(manager.models_dir, supplied=supplied_kinds(manager.runtime)))
     except IcgError as err:  # a broken registry must not take the whole UI down
-        logger.warning("model registry unreadable: %s", err)
+        logger.warning("model inventory unreadable: %s", err)
         return []
-
-
-def _local_captioners(manager: Any, known: set[str]) -> list[str]:
-    """Folders in the models folder that hold a captioner and are not registry ids (imported models)."""
-    from icg.models.loading import detect_kind
-
-    try:
-        root = Path(manager.models_dir)
-        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    except OSError:
-        return []
-    found = []
-    for folder in folders:
-        if folder.name in known or folder.name.startswith(".") or folder.name in ("cache", "tmp"):
-            continue
-        try:
-            if detect_kind(folder) in CAPTION_KINDS:
-                found.append(folder.name)
-        except (CheckpointError, ModelNotFound, OSError):
-            continue
-    return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icg.errors import ConfigError
@@ -55,24 +54,22 @@ def models_table(service: WebUIService) -> dict[str, Any]:
 
 
 def download_models(service: WebUIService, model: str, progress: Any = None) -> str:
-    """Download ``model`` and the models it needs; the status line to show."""
-    from icg.models.download import download_model
-    from icg.models.registry import load_registry, with_requirements
+    """Download ``model`` and the models it needs (no WebUI lock held, so generation goes on; the
+    manager's install lock keeps a caption of the same model from fetching it twice); the status line."""
+    from icg.models.registry import load_registry
 
     if host.offline():
         raise ConfigError("downloads are off (--icg-offline / ICG_OFFLINE); import the files by hand")
-    registry = load_registry()
-    entry = registry.get(model)
-    if entry is None:
+    if load_registry().get(model) is None:
         raise ConfigError(f"{model!r} is not a registry model; local models are imported by hand")
-    entries = with_requirements([entry], registry)
-    root = Path(service.manager.models_dir)
-    for index, item in enumerate(entries):
+
+    def report(fraction: float, text: str) -> None:
         if progress is not None:
             with contextlib.suppress(Exception):
-                progress(index / len(entries), desc=f"Downloading {item.id}")
-        download_model(item, root, offline=None, progress=True)  # None: HF_HUB_OFFLINE still applies
-    return f"{model}: installed in {root}"
+                progress(fraction, desc=text)
+
+    service.manager.install(model, report, explicit=True)  # explicit: unreachable hosts are tried again
+    return f"{model}: installed in {service.manager.models_dir}"
 
 
 def build_models_panel(service: WebUIService) -> ModelsPanel:

@@ -105,15 +105,25 @@ class WebUIService(CaptionService):
                 logger.warning("could not move the caption models to RAM", exc_info=True)
         host.torch_gc()
 
+    def install(self, model: str) -> None:
+        """Fetch and convert what ``model`` needs before a job, with no WebUI lock held: a first caption
+        that downloads gigabytes never blocks image generation (only loading runs in the job)."""
+        with self.snapshot():
+            refresh_manager(self)
+            self.manager.install_for_use(model)
+
     def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None, options=None):
+        self.install(model)
         with self.job("caption"):
             return super().caption(image, model, self.overrides(overrides), options)
 
     def caption_keywords(self, keywords, model, overrides=None, options=None, image=None):
+        self.install(model)
         with self.job("caption"):
             return super().caption_keywords(keywords, model, self.overrides(overrides), options, image=image)
 
     def run_batch(self, options, *, on_progress=None, should_stop=None, on_result=None, plan=None):
+        self.install(options.model)
         with self.job("batch") as state:
             progress = _StateProgress(state)
 
