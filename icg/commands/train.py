@@ -339,7 +339,7 @@ def _train_config(args) -> TrainConfig:
     sized for the epochs given unless --schedule-epochs says otherwise."""
     paper: TrainConfig = args.paper
     if args.epochs is None:
-        epochs, schedule = paper.epochs, args.schedule_epochs or paper.scheduled_epochs
+        epochs, schedule = paper.epochs, args.schedule_epochs or paper.schedule_epochs
     else:
         epochs, schedule = args.epochs, args.schedule_epochs
     return TrainConfig(
