@@ -130,7 +130,7 @@ def test_init_continues_from_a_trained_model(env):
     run = env["root"] / "from-init"
     args = ["train", "prefix", str(env["feats"]), "--out", str(run), "--init", env["fx"]["clip_prefix_pt"],
             "--tokenizer", env["fx"]["tokenizer_dir"], "--epochs", "1", "--lr", "1e-9", "--warmup", "0",
-            "--test-images", "0", "--quiet"]  # fmt: skip
+            "--batch-size", "8", "--test-images", "0", "--quiet"]  # fmt: skip
     assert main(args) == 0
     start, start_cfg = load_prefix_model(env["fx"]["clip_prefix_pt"])
     trained, cfg = load_prefix_model(run / "epoch-001")

@@ -48,7 +48,7 @@ def trained(env):
             "--vocabulary", str(env["vocabulary"]), "--lm-config", "tiny",
             "--tokenizer", env["fx"]["tokenizer_dir"],
             "--epochs", "30", "--batch-size", "4", "--lr", "5e-3", "--warmup", "10", "--test-images", "0",
-            "--models-dir", str(env["models"]), "--quiet"]  # fmt: skip
+            "--no-packing", "--models-dir", str(env["models"]), "--quiet"]  # fmt: skip
     assert main(args) == 0
     return run / "epoch-030"
 
@@ -144,7 +144,8 @@ def test_init_continues_from_an_sbg_model(env):
     args = ["train", "sbg", str(env["feats"]), "--out", str(run), "--init", env["fx"]["sbg_generator_dir"],
             "--keywords", str(env["keywords"]), "--vocabulary", str(env["vocabulary"]),
             "--tokenizer", env["fx"]["tokenizer_dir"], "--epochs", "1", "--lr", "1e-9", "--warmup", "0",
-            "--test-images", "0", "--models-dir", str(env["models"]), "--quiet"]  # fmt: skip
+            "--test-images", "0", "--block-size", "64", "--models-dir", str(env["models"]),
+            "--quiet"]  # fmt: skip
     assert main(args) == 0
     start = load_file(f"{env['fx']['sbg_generator_dir']}/model.safetensors")
     trained = load_file(str(run / "epoch-001" / "model.safetensors"))

@@ -15,6 +15,14 @@ import re
 from pathlib import Path
 
 from icg.commands.common import add_runtime
+from icg.train.config import (
+    PREFIX_PAPER_RUN,
+    PREFIX_VAL_IMAGES,
+    SBG_BLOCK_SIZE,
+    SBG_PAPER_RUN,
+    SBG_VAL_IMAGES,
+    TrainConfig,
+)
 
 
 def register(sub) -> None:
@@ -55,7 +63,7 @@ def _register_train(sub) -> None:
         "prefix",
         help="CLIP-prefix: MLP mapper + GPT-2 fine-tune (ClipCap; the seed's recipe)",
     )
-    _add_train_common(prefix, epochs=10, batch_size=40, lr=2e-5, warmup=100)
+    _add_train_common(prefix, PREFIX_PAPER_RUN, val_images=PREFIX_VAL_IMAGES)
     g = prefix.add_argument_group("model")
     g.add_argument("--mapper", default="mlp", choices=("mlp", "linear", "transformer"), help="(default: mlp)")
     g.add_argument("--prefix-length", type=int, default=10, help="GPT-2 prefix tokens (default: 10)")
@@ -75,7 +83,21 @@ def _register_train(sub) -> None:
         "sbg",
         help="SBG: keywords per image, then GPT-2 fine-tuned on 'kw, kw ### caption'",
     )
-    _add_train_common(sbg, epochs=3, batch_size=8, lr=5e-5, warmup=0)
+    _add_train_common(sbg, SBG_PAPER_RUN, val_images=SBG_VAL_IMAGES)
+    g = sbg.add_argument_group("lines")
+    g.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pack the lines into blocks of --block-size tokens with the loss on every token, as the paper "
+        "did (default); --no-packing: one line per example, the loss on the caption only",
+    )
+    g.add_argument(
+        "--block-size",
+        type=int,
+        default=SBG_BLOCK_SIZE,
+        help=f"tokens per packed block (default: {SBG_BLOCK_SIZE})",
+    )
     g = sbg.add_argument_group("keywords")
     g.add_argument("--vocabulary", help="vocabulary.json, a folder, or a model id (default: sbg-vocabulary)")
     g.add_argument(
@@ -85,7 +107,8 @@ def _register_train(sub) -> None:
     sbg.set_defaults(func=run_train_sbg)
 
 
-def _add_train_common(p, *, epochs: int, batch_size: int, lr: float, warmup: int) -> None:
+def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
+    """The arguments both kinds share; the defaults are ``paper``, the run the paper made."""
     p.add_argument("features", metavar="FEATURES", help="feature folder written by `icg features`")
     p.add_argument("--out", required=True, help="run folder: one checkpoint folder per epoch; resumed")
     g = p.add_argument_group("language model")
@@ -105,14 +128,57 @@ def _add_train_common(p, *, epochs: int, batch_size: int, lr: float, warmup: int
         "--lowercase", action=argparse.BooleanOptionalAction, default=True, help="lower-case captions"
     )
     g.add_argument("--max-tokens", type=int, help="caption tokens kept (default: min(mean + 10 std, max))")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"(default: {epochs})")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"(default: {batch_size})")
-    g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default: {lr:g})")
-    g.add_argument("--warmup", type=int, default=warmup, help=f"linear warm-up steps (default: {warmup})")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    val_default = val_images if val_images is not None else "as many as the test split (the paper: 1000)"
     g.add_argument(
-        "--clip-grad", type=float, default=1.0, help="max gradient norm; 0: no clipping (default: 1)"
+        "--val-images",
+        type=int,
+        default=val_images,
+        help="hold out the last N images before the test split and report their loss after every epoch "
+        f"(default: {val_default})",
+    )
+    g = p.add_argument_group("optimisation (defaults: the paper's run)")
+    schedule = paper.scheduled_epochs
+    g.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs to run (default: {paper.epochs}"
+        + (f", on a schedule sized for {schedule}, as the paper ran" if schedule != paper.epochs else "")
+        + ")",
+    )
+    g.add_argument(
+        "--schedule-epochs",
+        type=int,
+        help="size the linear learning-rate decay for N epochs (default: --epochs; "
+        f"{schedule} when --epochs is not given)",
+    )
+    g.add_argument("--batch-size", type=int, default=paper.batch_size, help=f"(default: {paper.batch_size})")
+    g.add_argument("--lr", type=float, default=paper.lr, help=f"AdamW learning rate (default: {paper.lr:g})")
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=paper.warmup_steps,
+        help=f"linear warm-up steps (default: {paper.warmup_steps})",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=paper.weight_decay,
+        help=f"AdamW weight decay (default: {paper.weight_decay:g})",
+    )
+    g.add_argument(
+        "--adam-eps", type=float, default=paper.adam_eps, help=f"AdamW epsilon (default: {paper.adam_eps:g})"
+    )
+    g.add_argument(
+        "--clip-grad",
+        type=float,
+        default=paper.max_grad_norm,
+        help=f"max gradient norm; 0: no clipping (default: {paper.max_grad_norm:g})",
+    )
+    g.add_argument(
+        "--drop-last",
+        action=argparse.BooleanOptionalAction,
+        default=paper.drop_last,
+        help=f"drop each epoch's last partial batch (default: {'yes' if paper.drop_last else 'no'})",
     )
     g.add_argument(
         "--precision",
@@ -134,7 +200,7 @@ def _add_train_common(p, *, epochs: int, batch_size: int, lr: float, warmup: int
     g.add_argument("--models-dir", help="models folder (default: $ICG_HOME or the user cache folder)")
     g.add_argument("--download", action="store_true", help="download missing models (GPT-2, tokenizer, ...)")
     _add_quiet(p)
-    p.set_defaults(clip=None, dtype="auto")
+    p.set_defaults(clip=None, dtype="auto", paper=paper)
 
 
 def _register_evaluate(sub) -> None:
@@ -268,16 +334,24 @@ def _train_setup(args, kind: str):
     return manager, store, tokenizer, tokenizer_reference(tokenizer_name), lm, start
 
 
-def _train_config(args):
-    from icg.train.loop import TrainConfig
-
+def _train_config(args) -> TrainConfig:
+    """The run asked for: without --epochs the paper's epochs on the paper's schedule; with it, a schedule
+    sized for the epochs given unless --schedule-epochs says otherwise."""
+    paper: TrainConfig = args.paper
+    if args.epochs is None:
+        epochs, schedule = paper.epochs, args.schedule_epochs or paper.schedule_epochs
+    else:
+        epochs, schedule = args.epochs, args.schedule_epochs
     return TrainConfig(
-        epochs=args.epochs,
+        epochs=epochs,
+        schedule_epochs=schedule,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup,
         weight_decay=args.weight_decay,
         max_grad_norm=args.clip_grad,
+        adam_eps=args.adam_eps,
+        drop_last=args.drop_last,
         precision=args.precision,
         seed=args.seed,
         log_every=args.log_every,
@@ -292,7 +366,10 @@ def _report_training(result) -> None:
         + (f", final loss {loss:.4f}" if loss is not None else "")
     )
     if result.history:
-        print(f"throughput: {result.history[-1]['samples_per_s']:.1f} samples/s (last epoch)")
+        last = result.history[-1]
+        print(f"throughput: {last['samples_per_s']:.1f} samples/s (last epoch)")
+        if "val_loss" in last:
+            print(f"validation loss: {last['val_loss']:.4f} (last epoch)")
     print(f"checkpoint: {result.checkpoint}")
     print(f"caption with: python -m icg caption --model {result.checkpoint} IMAGE")
 
@@ -321,6 +398,7 @@ def run_train_prefix(args: argparse.Namespace) -> int:
         tokenizer_ref=tokenizer_ref,
         options=options,
         test_images=args.test_images,
+        val_images=args.val_images,
         start=start,
         start_name=args.init or "the start model",
     )
@@ -340,6 +418,9 @@ def run_train_sbg(args: argparse.Namespace) -> int:
     from icg.train.sbg import KEYWORDS_NAME, SbgOptions, build_sbg_task, read_keywords_file, select_keywords
 
     cfg = _train_config(args)
+    SbgOptions(  # validate before loading anything
+        lowercase=args.lowercase, max_tokens=args.max_tokens, packing=args.packing, block_size=args.block_size
+    )
     manager, store, tokenizer, _, lm, _ = _train_setup(
         args, "sbg"
     )  # the tokenizer goes into every checkpoint
@@ -380,8 +461,15 @@ def run_train_sbg(args: argparse.Namespace) -> int:
         tokenizer,
         keywords,
         vocabulary=vocabulary,
-        options=SbgOptions(lowercase=args.lowercase, max_tokens=args.max_tokens),
+        options=SbgOptions(
+            lowercase=args.lowercase,
+            max_tokens=args.max_tokens,
+            packing=args.packing,
+            block_size=args.block_size,
+        ),
         test_images=args.test_images,
+        val_images=args.val_images,
+        seed=args.seed,
     )
     result = train(task, cfg, out, device=manager.device, resume=args.resume)
     _report_training(result)

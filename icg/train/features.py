@@ -128,6 +128,24 @@ class FeatureStore:
         cut = len(self.records) - n
         return [r for r in self.records[:cut] if r.ok], [r for r in self.records[cut:] if r.ok]
 
+    def training_split(
+        self, test_images: int | None = None, val_images: int | None = 0
+    ) -> tuple[list[FeatureRecord], list[FeatureRecord]]:
+        """(train, validation) records: the last ``val_images`` images before the test split are held out
+        for a validation loss, as the seed's SBG notebook held out the 1000 images before its test set.
+        ``val_images=None``: as many as the test split holds."""
+        train, test = self.split(test_images)
+        n = len(test) if val_images is None else val_images
+        if n < 0:
+            raise DatasetError(f"--val-images must be 0 or more, not {n}")
+        if n >= len(train) and n > 0:
+            raise DatasetError(
+                f"{self.folder}: --val-images {n} leaves no training images (the training split has "
+                f"{len(train)}); hold out fewer"
+            )
+        cut = len(train) - n
+        return train[:cut], train[cut:]
+
     def select(self, split: str, test_images: int | None = None) -> list[FeatureRecord]:
         if split == "all":
             return [r for r in self.records if r.ok]

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 #: Random-initialisation presets (``--lm-config``); the vocabulary always follows the tokenizer.
 LM_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 128, "n_positions": 128},
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 128, "n_positions": 512},  # room for a 480-token block
     "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
 }
 DEFAULT_LM = "gpt2"

@@ -1,8 +1,10 @@
 """The training loop shared by both captioners.
 
 AdamW with a linear warm-up then linear decay to zero (``transformers.get_linear_schedule_with_warmup``,
-as the seed used), gradient clipping by global norm, autocast (fp16 with a gradient scaler, or bf16) on
-CUDA only, a checkpoint at the end of every epoch, and resume from the newest one.
+as the seed used; the decay may be sized for more epochs than are run, as the seed's CLIP-prefix loop
+did), gradient clipping by global norm, autocast (fp16 with a gradient scaler, or bf16) on CUDA only, a
+validation loss after every epoch when the task holds out examples, a checkpoint at the end of every
+epoch, and resume from the newest one.
 
 A run folder looks like::
 
@@ -17,7 +19,8 @@ A run folder looks like::
 Only the newest epoch keeps its training state (the optimiser moments are twice the model size); with
 ``keep`` > 0 only the newest ``keep`` epoch folders are kept. Nothing is pickled.
 
-A task (``TrainTask``) supplies the model, the data, the loss and the checkpoint format.
+A task (``TrainTask``) supplies the model, the data, the loss and the checkpoint format; ``TrainConfig``
+(``icg.train.config``) the optimisation settings.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any, Protocol
 import torch
 
 from icg.errors import ConfigError, IcgError
+from icg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +52,12 @@ STATE_JSON = "training-state.json"
 STATE_TENSORS = "training-state.safetensors"
 RUN_JSON = "run.json"
 LOG_NAME = "train-log.jsonl"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _EPOCH_DIR = re.compile(r"^epoch-(\d{3,})$")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings. Defaults are the seed's CLIP-prefix run (its "gradient clipping" variant)."""
-
-    epochs: int = 10
-    batch_size: int = 40
-    lr: float = 2e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere
-    seed: int = 0
-    log_every: int = 50
-    keep: int = 0  # epoch folders kept (0: all)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("--epochs and --batch-size must be at least 1")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("--lr must be positive; --warmup, --weight-decay and --clip-grad not negative")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.keep < 0 or self.log_every < 1:
-            raise ConfigError("--keep must be 0 or more and --log-every at least 1")
-
-
 class TrainTask(Protocol):
-    """What the loop needs from a captioner's training setup."""
+    """What the loop needs from a captioner's training setup. A task may also hold ``val_dataset`` (a
+    map-style Dataset in the training data's form): its loss is reported after every epoch."""
 
     model: torch.nn.Module
     dataset: Any  # a map-style torch Dataset
@@ -175,12 +153,24 @@ def train(
     params = task.parameters()
     if not params:
         raise ConfigError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.drop_last and len(task.dataset) < cfg.batch_size:
+        raise ConfigError(
+            f"{len(task.dataset)} training examples make no full batch of --batch-size {cfg.batch_size}; "
+            "lower --batch-size or pass --no-drop-last"
+        )
+    val_dataset = getattr(task, "val_dataset", None)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     scaler = _grad_scaler(amp_dtype == torch.float16)
-    steps_per_epoch = math.ceil(len(task.dataset) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    rounding = math.floor if cfg.drop_last else math.ceil
+    steps_per_epoch = rounding(len(task.dataset) / cfg.batch_size)
+    total_steps = cfg.scheduled_epochs * steps_per_epoch
 
-    run_info = {"task": task.describe(), "config": asdict(cfg), "examples": len(task.dataset)}
+    run_info = {
+        "task": task.describe(),
+        "config": asdict(cfg),
+        "examples": len(task.dataset),
+        "validation_examples": len(val_dataset) if val_dataset is not None else 0,
+    }
     start_epoch, step, history = 0, 0, []
     latest = latest_checkpoint(out)
     if latest is not None:
@@ -213,6 +203,7 @@ def train(
             task.dataset,
             batch_size=cfg.batch_size,
             shuffle=True,
+            drop_last=cfg.drop_last,
             collate_fn=task.collate,
             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
         )
@@ -280,18 +271,38 @@ def train(
             "samples_per_s": epoch_samples / max(seconds, 1e-9),
             "seconds": seconds,
         }
+        if val_dataset is not None and len(val_dataset):
+            summary["val_loss"] = validation_loss(task, val_dataset, cfg, device, amp_dtype)
         history.append(summary)
         log.info(
-            "epoch %d/%d done: loss %.4f, %.1f s, %.1f samples/s",
+            "epoch %d/%d done: loss %.4f%s, %.1f s, %.1f samples/s",
             epoch + 1,
             cfg.epochs,
             summary["loss"],
+            f", validation loss {summary['val_loss']:.4f}" if "val_loss" in summary else "",
             seconds,
             summary["samples_per_s"],
         )
         _append_log(out, {**summary, "kind": "epoch"})
         checkpoint = _save_checkpoint(task, optimizer, scaler, out, epoch + 1, step, history, run_info, cfg)
     return TrainResult(out, checkpoint, cfg.epochs, step, history)
+
+
+def validation_loss(task: TrainTask, dataset, cfg: TrainConfig, device, amp_dtype=None) -> float:
+    """The mean loss over ``dataset`` (weighted by batch size), in eval mode, batches of ``cfg.batch_size``
+    in order; the model is left in eval mode (the next epoch sets train mode)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=task.collate)
+    task.model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with _autocast(device, amp_dtype):
+                loss = task.loss(batch)
+            size = next(iter(batch.values())).shape[0]
+            total += float(loss) * size
+            count += size
+    return total / max(count, 1)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -119,10 +119,12 @@ class PrefixTask:
         pad_id: int,
         options: PrefixOptions,
         facts: dict[str, Any],
+        val_dataset: PrefixDataset | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.dataset = dataset
+        self.val_dataset = val_dataset
         self.pad_id = pad_id
         self.options = options
         self.facts = facts
@@ -198,11 +200,13 @@ def build_prefix_task(
     tokenizer_ref: str,
     options: PrefixOptions | None = None,
     test_images: int | None = None,
+    val_images: int | None = 0,
     start: tuple[PrefixCaptionModel, PrefixModelConfig] | None = None,
     start_name: str = "the start model",
 ) -> PrefixTask:
     """Model + data for training on the training split of ``store``: a new mapper on GPT-2 ``lm``, or
-    the whole of ``start`` (a trained model and its config: its mapper, GPT-2 and normalisation)."""
+    the whole of ``start`` (a trained model and its config: its mapper, GPT-2 and normalisation).
+    ``val_images`` images before the test split are held out for a validation loss after every epoch."""
     options = options or PrefixOptions()
     if start is not None:
         _check_clip(store, start[1], start_name)
@@ -220,9 +224,11 @@ def build_prefix_task(
             hidden_dim=start[1].mapper.hidden_dim,
         )
         lm = start[0].gpt
-    train_records, _ = store.split(test_images)
-    captions = [c for r in train_records for c in r.captions]
+    train_records, val_records = store.training_split(test_images, val_images)
+    captions = [c for r in train_records + val_records for c in r.captions]
     tokens = caption_tokens(tokenizer, captions, options.lowercase, options.max_tokens)
+    held_out = sum(len(r.captions) for r in val_records)
+    tokens, val_tokens = tokens[: len(tokens) - held_out], tokens[len(tokens) - held_out :]
     features = store.features()
     if options.normalize:
         features = torch.nn.functional.normalize(features, dim=-1)
@@ -265,11 +271,14 @@ def build_prefix_task(
         "options": asdict(options),
         "start": start_name if start is not None else None,
     }
+    if val_records:  # recorded only when used, so runs made before validation existed still resume
+        facts["val_images"] = len(val_records)
     log.info(
-        "CLIP-prefix data: %d images, %d captions, up to %d tokens each",
+        "CLIP-prefix data: %d images, %d captions, up to %d tokens each; %d validation images",
         len(train_records),
         len(tokens),
         max((len(t) for t in tokens), default=0),
+        len(val_records),
     )
     return PrefixTask(
         model,
@@ -278,4 +287,5 @@ def build_prefix_task(
         pad_id=tokenizer.eos_token_id,
         options=options,
         facts=facts,
+        val_dataset=PrefixDataset(features, val_records, val_tokens) if val_records else None,
     )

@@ -2,10 +2,17 @@
 
 Keywords come from the keyword selector (``icg.sbg.keywords``) over the CLIP features of a feature
 folder, with the published vocabulary by default; they are computed once and kept in
-``keywords.jsonl`` in the run folder (``--keywords FILE`` gives fixed ones instead). Each training
-example is one (image, caption) pair; the prompt ``"kw1, kw2 ###"`` is tokenised exactly as the
-captioner tokenises it, the caption follows with a leading space and the end-of-text token, and the loss
-is on the caption part only (prompt and padding are -100).
+``keywords.jsonl`` in the run folder (``--keywords FILE`` gives fixed ones instead). Each (image, caption)
+pair is one line; the prompt ``"kw1, kw2 ###"`` is tokenised exactly as the captioner tokenises it, and
+the caption follows with a leading space and the end-of-text token. Two ways to train on the lines:
+
+- packed (the default, the seed's notebook): the lines, shuffled once, are concatenated and cut into
+  blocks of ``block_size`` (480) tokens with the loss on every token, keywords included;
+- line by line (``packing=False``): one line per example, right-padded, the loss on the caption part
+  only (prompt and padding are -100).
+
+The images just before the test split can be held out (``val_images``): their lines, in the same form,
+give a validation loss after every epoch.
 
 Checkpoints are Hugging Face GPT-2 folders (``config.json`` + ``model.safetensors``) with the tokenizer
 and an ``icg.json`` naming the vocabulary and CLIP, so ``--model <epoch folder>`` captions with them.
@@ -17,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +34,7 @@ import torch
 
 from icg.errors import ConfigError
 from icg.sbg.keywords import SEPARATOR
+from icg.train.config import SBG_BLOCK_SIZE
 from icg.train.features import FeatureRecord, FeatureStore
 from icg.train.loop import trainable
 from icg.train.prefix import seed_max_length
@@ -39,11 +48,20 @@ ICG_JSON = "icg.json"
 @dataclass(frozen=True)
 class SbgOptions:
     lowercase: bool = True
-    max_tokens: int | None = None  # caption tokens kept; None: min(mean + 10 std, max)
+    max_tokens: int | None = None  # line by line: caption tokens kept; None: min(mean + 10 std, max)
+    packing: bool = True  # the seed's packed blocks, loss on every token
+    block_size: int = SBG_BLOCK_SIZE
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("--max-tokens must be at least 1")
+        if self.packing and self.max_tokens is not None:
+            raise ConfigError(
+                "--max-tokens cuts captions in line-by-line training (--no-packing); packed blocks keep "
+                "whole lines"
+            )
+        if self.block_size < 2:
+            raise ConfigError(f"--block-size must be at least 2, not {self.block_size}")
 
 
 def prompt_text(keywords: list[str]) -> str:
@@ -135,10 +153,10 @@ def _read_cache(path: Path, key: str) -> dict[str, list[str]] | None:
 
 # ------------------------------------------------------------------------------------------- data
 def example_tokens(
-    tokenizer, keywords: list[str], caption: str, *, max_caption: int | None, positions: int
+    tokenizer, keywords: list[str], caption: str, *, max_caption: int | None, positions: int | None
 ) -> tuple[list[int], int]:
-    """(token ids, prompt length) of one line ``"kw, kw ### caption<eos>"``. Keywords are dropped from the
-    end (the least relevant) until the line fits the model's positions, as the captioner does."""
+    """(token ids, prompt length) of one line ``"kw, kw ### caption<eos>"``. With ``positions``, keywords
+    are dropped from the end (the least relevant) until the line fits, as the captioner does."""
     eos = tokenizer.eos_token_id
     caption_ids = tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"] + [eos]
     if max_caption is not None:
@@ -146,15 +164,26 @@ def example_tokens(
     words = list(keywords)
     while True:
         prompt_ids = tokenizer(prompt_text(words), add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) + len(caption_ids) <= positions or not words:
+        if positions is None or len(prompt_ids) + len(caption_ids) <= positions or not words:
             break
         words.pop()
-    ids = (prompt_ids + caption_ids)[:positions]
-    return ids, len(prompt_ids)
+    ids = prompt_ids + caption_ids
+    return (ids if positions is None else ids[:positions]), len(prompt_ids)
+
+
+def pack_lines(lines: list[list[int]], block_size: int) -> list[list[int]]:
+    """The seed's ``group_texts``: the lines' tokens concatenated and cut into blocks of ``block_size``; the
+    remainder is dropped, except that a corpus shorter than one block is one (short) block."""
+    flat = [token for line in lines for token in line]
+    if len(flat) < block_size:
+        return [flat] if flat else []
+    end = len(flat) // block_size * block_size
+    return [flat[i : i + block_size] for i in range(0, end, block_size)]
 
 
 class SbgDataset(torch.utils.data.Dataset):
-    """Token ids and prompt lengths of every (image, caption) line."""
+    """(token ids, length of the part without loss) per example: one line (its prompt length) or one
+    packed block (0: the loss covers every token)."""
 
     def __init__(self, examples: list[tuple[list[int], int]]) -> None:
         self.examples = examples
@@ -188,10 +217,12 @@ class SbgTask:
         *,
         settings: dict[str, Any],
         facts: dict[str, Any],
+        val_dataset: SbgDataset | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.dataset = dataset
+        self.val_dataset = val_dataset
         self.settings = settings
         self.facts = facts
         self.pad_id = tokenizer.eos_token_id
@@ -257,30 +288,57 @@ def build_sbg_task(
     tokenizer_ref: str | None = None,
     options: SbgOptions | None = None,
     test_images: int | None = None,
+    val_images: int | None = 0,
+    seed: int = 0,
 ) -> SbgTask:
     """Model + data for the training split of ``store``; ``keywords`` maps image names to keyword lists.
 
-    ``vocabulary`` is what the checkpoints' ``icg.json`` names for captioning: a registry id or the path
-    of a ``vocabulary.json``. The tokenizer is saved into every checkpoint unless ``tokenizer_ref``
-    names one."""
+    ``val_images`` images before the test split are held out for a validation loss (None: as many as the
+    test split). ``seed`` orders the lines before they are packed. ``vocabulary`` is what the
+    checkpoints' ``icg.json`` names for captioning: a registry id or the path of a ``vocabulary.json``.
+    The tokenizer is saved into every checkpoint unless ``tokenizer_ref`` names one."""
     options = options or SbgOptions()
-    train_records, _ = store.split(test_images)
-    missing = [r.image for r in train_records if r.image not in keywords]
+    train_records, val_records = store.training_split(test_images, val_images)
+    missing = [r.image for r in train_records + val_records if r.image not in keywords]
     if missing:
         raise ConfigError(f"no keywords for {len(missing)} training image(s) (first: {missing[0]})")
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-text token")
     positions = int(getattr(lm.config, "n_positions", 1024) or 1024)
-    lines = [
-        (keywords[r.image], c.lower() if options.lowercase else c) for r in train_records for c in r.captions
-    ]
-    max_caption = options.max_tokens
-    if max_caption is None:
-        lengths = [len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]) + 1 for _, c in lines]
-        max_caption = seed_max_length(lengths)
-    examples = [
-        example_tokens(tokenizer, k, c, max_caption=max_caption, positions=positions) for k, c in lines
-    ]
+    if options.packing and options.block_size > positions:
+        raise ConfigError(
+            f"--block-size {options.block_size} is longer than the model's {positions} positions; "
+            f"pass --block-size {positions} or less"
+        )
+
+    def lines_of(records: list[FeatureRecord]) -> list[tuple[list[str], str]]:
+        return [
+            (keywords[r.image], c.lower() if options.lowercase else c) for r in records for c in r.captions
+        ]
+
+    lines, val_lines = lines_of(train_records), lines_of(val_records)
+    if options.packing:
+        order = random.Random(seed)
+        order.shuffle(lines)
+        order.shuffle(val_lines)
+
+        def examples_of(pairs):
+            ids = [example_tokens(tokenizer, k, c, max_caption=None, positions=None)[0] for k, c in pairs]
+            return [(block, 0) for block in pack_lines(ids, options.block_size)]
+
+    else:
+        max_caption = options.max_tokens
+        if max_caption is None:
+            lengths = [len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]) + 1 for _, c in lines]
+            max_caption = seed_max_length(lengths)
+
+        def examples_of(pairs):
+            return [
+                example_tokens(tokenizer, k, c, max_caption=max_caption, positions=positions)
+                for k, c in pairs
+            ]
+
+    examples, val_examples = examples_of(lines), examples_of(val_lines)
     settings = {
         "format": "icg-sbg",
         "version": 1,
@@ -298,11 +356,25 @@ def build_sbg_task(
         },
         "keywords": hashlib.sha256(json.dumps(keywords, sort_keys=True).encode("utf-8")).hexdigest(),
         "options": asdict(options),
+        "line_order_seed": seed if options.packing else None,
     }
+    if val_records:  # recorded only when used, so runs made before validation existed still resume
+        facts["val_images"] = len(val_records)
     log.info(
-        "SBG data: %d images, %d lines, up to %d tokens each",
+        "SBG data: %d images, %d lines, %d %s of up to %d tokens; %d validation images (%d examples)",
         len(train_records),
+        len(lines),
         len(examples),
+        "packed blocks" if options.packing else "lines",
         max((len(ids) for ids, _ in examples), default=0),
+        len(val_records),
+        len(val_examples),
     )
-    return SbgTask(lm, tokenizer, SbgDataset(examples), settings=settings, facts=facts)
+    return SbgTask(
+        lm,
+        tokenizer,
+        SbgDataset(examples),
+        settings=settings,
+        facts=facts,
+        val_dataset=SbgDataset(val_examples) if val_examples else None,
+    )
