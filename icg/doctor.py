@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
+from icg.options import DEFAULT_MODEL
+
 PACKAGES = (
     "torch",
     "torchvision",
@@ -34,34 +36,46 @@ def package_versions() -> dict[str, str | None]:
 
 
 def smoke_caption(device, dtype) -> tuple[str, float]:
-    """Build tiny random models in a temporary folder and caption a generated image.
+    """Write tiny random models in ICG's file formats to a temporary models folder and caption a
+    generated image through what ``icg caption`` uses: the model manager (loading a CLIP-prefix
+    checkpoint, the CLIP and the tokenizer from files) and the captioning pipeline.
 
     Returns (caption, seconds)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from icg.captioners.prefix import PrefixCaptioner, config_from_state, model_from_state
-    from icg.clip_encoder import ClipEncoder
-    from icg.config import DecodingConfig
+    from icg.models.manager import ModelManager, RuntimeConfig
+    from icg.options import DECODING
+    from icg.pipeline import caption_images
     from icg.tiny import tiny_clip_spec, tiny_prefix_state, tiny_tokenizer
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="icg-doctor-") as tmp:
-        clip = ClipEncoder.load(tiny_clip_spec(Path(tmp)), device=device, dtype=dtype)
-        tokenizer = tiny_tokenizer()
-        state = tiny_prefix_state(tokenizer)
-        model = model_from_state(state, config_from_state(state), source="tiny model").to(device)
-        model.gpt.to(dtype)
-        captioner = PrefixCaptioner(
-            model, tokenizer, model_id="tiny", decoding=DecodingConfig(max_new_tokens=12)
+        root = Path(tmp)
+        tiny_clip_spec(root / "clip")
+        tokenizer = tiny_tokenizer(root / "tokenizer")
+        checkpoint = root / "tiny-prefix.pt"
+        torch.save(tiny_prefix_state(tokenizer), checkpoint)
+        runtime = RuntimeConfig(
+            device=device,
+            dtype=dtype,
+            models_dir=str(root / "models"),
+            clip=str(root / "clip"),
+            tokenizer=str(root / "tokenizer"),
         )
+        manager = ModelManager(runtime)
         image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-        feats = clip.encode_images([image])
-        if feats.shape != (1, clip.feature_dim) or not torch.isfinite(feats).all():
-            raise RuntimeError(f"CLIP features look wrong: shape {tuple(feats.shape)}")
-        result = captioner.caption_features(feats)[0]
+        decoding = {"max_new_tokens": 12, **DECODING.check({"strategy": "greedy"})}
+        try:
+            (result,) = caption_images(manager, str(checkpoint), [image], decoding=decoding)
+        finally:
+            manager.unload()
     return result.caption, time.perf_counter() - start
+
+
+def _readable(text: str) -> bool:
+    return all(ch.isprintable() and ch != "\ufffd" for ch in text)
 
 
 def run_doctor(args, out: TextIO) -> int:
@@ -84,13 +98,21 @@ def run_doctor(args, out: TextIO) -> int:
     say(f"device: {device}{gpu}, dtype: {str(dtype).replace('torch.', '')}")
     root = models_dir(args.models_dir)
     say(f"models folder: {root}{'' if root.is_dir() else ' (does not exist yet)'}")
-    for row in inventory(root, supplied=supplied_kinds(args)):  # --clip / --tokenizer supply those
+    rows = inventory(root, supplied=supplied_kinds(args))  # --clip / --tokenizer supply those
+    for row in rows:
         say(f"  {row.id:<28} {'present' if row.installed else 'missing'}")
     try:
         caption, seconds = smoke_caption(device, dtype)
     except Exception as err:  # noqa: BLE001 - the doctor reports any failure instead of crashing
         say(f"smoke caption: FAILED ({type(err).__name__}: {err})")
         return 1
-    say(f"smoke caption on tiny random models: ok in {seconds:.1f} s -> {caption[:60]!r}")
-    say("(random weights give random words; real captions need the real models: python -m icg download ...)")
+    shown = f": {caption[:60]!r}" if _readable(caption) else ""
+    say(
+        f"smoke caption on tiny random models: ok in {seconds:.1f} s (image -> CLIP -> caption, "
+        f"{len(caption)} characters{shown}; random weights write no real words)"
+    )
+    default = next((row for row in rows if row.id == DEFAULT_MODEL), None)
+    if default is not None and not default.installed:
+        folder = f" --models-dir {root}" if args.models_dir else ""
+        say(f"to caption real images, download the models: python -m icg download {DEFAULT_MODEL}{folder}")
     return 0

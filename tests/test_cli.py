@@ -108,6 +108,21 @@ def test_doctor_runs_offline(tmp_path, capsys):
     assert main(["doctor", "--device", "cpu", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "smoke caption on tiny random models: ok" in out and str(tmp_path) in out
+    assert "\ufffd" not in out  # random tokens are not printed as mojibake
+    assert f"python -m icg download clip-prefix-flickr8k --models-dir {tmp_path}" in out
+
+
+def test_doctor_captions_through_the_manager_and_the_pipeline(monkeypatch):
+    """The smoke caption takes the path ``icg caption`` takes, not a shortcut of its own."""
+    import icg.pipeline
+    from icg.doctor import smoke_caption
+
+    calls = []
+    original = icg.pipeline.caption_batch
+    spy = lambda *a, **k: calls.append(a[1]) or original(*a, **k)  # noqa: E731
+    monkeypatch.setattr(icg.pipeline, "caption_batch", spy)
+    caption, _ = smoke_caption("cpu", "fp32")
+    assert len(calls) == 1 and calls[0].endswith("tiny-prefix.pt") and isinstance(caption, str)
 
 
 @pytest.mark.slow  # a Python process that imports torch and builds every tiny model
