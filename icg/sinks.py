@@ -262,16 +262,23 @@ def temp_name(target: str) -> str:
     """The name of a new temp file for ``target``: ``.<target>.<12 hex>.tmp``, or, where that would pass
     the 255-byte name limit, ``.<start of target>~<8 hex of its SHA-256>.<12 hex>.tmp``, which fits
     whenever ``target`` does and still tells whose it is (``is_temp_of``)."""
-    return f".{_temp_stem(target)}.{secrets.token_hex(6)}.tmp"
+    return f".{temp_stem(target)}.{secrets.token_hex(6)}.tmp"
 
 
 def is_temp_of(name: str, target: str) -> bool:
     """Whether ``name`` is one of ``temp_name(target)``'s names (a leftover of a killed write)."""
+    return stem_of_temp(name) == temp_stem(target)
+
+
+def stem_of_temp(name: str) -> str | None:
+    """The ``temp_stem`` in a temp file's name; ``None`` for any other name."""
     match = _TEMP_NAME.match(name)
-    return match is not None and match["stem"] == _temp_stem(target)
+    return None if match is None else match["stem"]
 
 
-def _temp_stem(target: str) -> str:
+def temp_stem(target: str) -> str:
+    """What names ``target`` in its temp files' names: the name itself, or where that would not fit, its
+    start, "~" and 8 hex digits of its SHA-256."""
     raw = os.fsencode(target)
     if len(raw) + 18 <= _NAME_MAX:  # 18: the two dots, the 12 hex digits and ".tmp"
         return target
@@ -348,6 +355,7 @@ class ManifestWriter:
 
     def open(self) -> None:
         rows: list[dict[str, Any]] = []
+        _replaceable_mode(self.path, "manifest ")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             keep = 0

@@ -20,8 +20,8 @@ from icg.batch.engine import plan_batch
 from icg.batch.report import format_summary
 from icg.cli import main
 from icg.sinks import APPEND_STATE_NAME, read_manifest
-from tests.test_batch_engine import make_images, options, tiny_manager
 from tests.test_batch_cli import model_args
+from tests.test_batch_engine import make_images, options, tiny_manager
 
 LATIN1_NAME = b"caf\xe9.png"  # a name from an old Latin-1 archive: not valid UTF-8
 
@@ -190,7 +190,9 @@ def _disk_full_after(monkeypatch, rows_that_fit: int) -> None:
 
 
 @pytest.mark.parametrize("manifest_name", ["m.jsonl", "m.csv"])
-def test_disk_full_on_the_manifest_ends_the_run_with_exit_code_3(tmp_path, monkeypatch, capsys, manifest_name):
+def test_disk_full_on_the_manifest_ends_the_run_with_exit_code_3(
+    tmp_path, monkeypatch, capsys, manifest_name
+):
     make_images(tmp_path, ["a.png", "b.png", "c.png"])
     manifest = tmp_path / manifest_name
     _disk_full_after(monkeypatch, 2 if manifest_name.endswith(".csv") else 1)  # CSV: the header first
@@ -224,7 +226,8 @@ def test_a_dangling_symlink_is_reported_as_a_failure(tmp_path):
     [failure] = summary.failures
     assert failure.key == "gone.png"
     assert failure.reason == f"broken symbolic link to {tmp_path / 'elsewhere' / 'gone.png'}"
-    assert {r["path"]: r["status"] for r in read_manifest(manifest)} == {"a.png": "done", "gone.png": "failed"}
+    statuses = {r["path"]: r["status"] for r in read_manifest(manifest)}
+    assert statuses == {"a.png": "done", "gone.png": "failed"}
     assert plan_batch(options(tmp_path)).counts()["unreadable"] == 1
 
 
@@ -253,10 +256,12 @@ def test_one_manifest_row_per_image_and_the_last_outcome_wins(tmp_path, manifest
     manifest = tmp_path / manifest_name
     for _ in range(3):
         assert run_batch(tiny_manager(), options(tmp_path, manifest=manifest)).exit_code == 1
-    assert [(r["path"], r["status"]) for r in read_manifest(manifest)] == [("a.png", "done"), ("b.png", "failed")]
+    rows = [(r["path"], r["status"]) for r in read_manifest(manifest)]
+    assert rows == [("a.png", "done"), ("b.png", "failed")]
     make_images(tmp_path, ["b.png"])
     assert run_batch(tiny_manager(), options(tmp_path, manifest=manifest)).exit_code == 0
-    assert [(r["path"], r["status"]) for r in read_manifest(manifest)] == [("a.png", "done"), ("b.png", "done")]
+    rows = [(r["path"], r["status"]) for r in read_manifest(manifest)]
+    assert rows == [("a.png", "done"), ("b.png", "done")]
 
 
 def test_a_rerun_with_nothing_to_do_says_so_without_a_rate(tmp_path, capsys):

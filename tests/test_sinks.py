@@ -530,10 +530,11 @@ def test_a_full_disk_leaves_only_complete_manifest_rows(tmp_path, name):
 
 def test_resume_compacts_the_manifest_to_one_row_per_path_last_wins(tmp_path):
     path = tmp_path / "m.jsonl"
-    rows = [("a.png", "done"), ("b.png", "failed"), ("b.png", "failed"), ("b.png", "done"), ("c.png", "failed")]
+    rows = ["a.png done", "b.png failed", "b.png failed", "b.png done", "c.png failed"]
+    lines = [dict(zip(("path", "status"), row.split())) for row in rows]
+    lines = [{**row, "error": "e" if row["status"] == "failed" else None} for row in lines]
     path.write_text(
-        "".join(json.dumps({"path": p, "status": s, "error": "e" if s == "failed" else None}) + "\n" for p, s in rows)
-        + '{"path": "d.p',  # a torn last row
+        "".join(json.dumps(row) + "\n" for row in lines) + '{"path": "d.p',  # a torn last row
         encoding="utf-8",
     )
     with ManifestWriter(path, resume=True) as manifest:
@@ -596,3 +597,38 @@ def test_temp_names_fit_and_are_recognised_for_their_target_only(tmp_path):
     assert not is_temp_of(temp_name(short), "b.txt")
     assert not is_temp_of(".a.txt.tmp", short) and not is_temp_of("a.txt", short)
     assert not is_temp_of(f".{short}.nothex123456.tmp", short)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_manifest_is_neither_replaced_nor_appended_to(tmp_path, resume):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"path": "a.png", "status": "done"}\n', encoding="utf-8")
+    path.chmod(0o444)
+    with pytest.raises(IcgError, match=f"manifest {path} is read-only"):
+        ManifestWriter(path, resume=resume).open()
+    assert path.read_text(encoding="utf-8") == '{"path": "a.png", "status": "done"}\n'
+
+
+def test_append_state_survives_a_full_disk_and_a_torn_line(tmp_path):
+    from icg.sinks import APPEND_STATE_NAME, AppendState, RecordWriteError
+
+    sidecar = tmp_path / "a.txt"
+    sidecar.write_bytes(b"old\n")
+    state = AppendState(tmp_path)
+    state.record("a.png", b"old\n", b"old\nnew\n")
+    state._file = _FullDisk(state._file, room=5)  # noqa: SLF001 - the disk fills up
+    with pytest.raises(RecordWriteError, match="cannot write the append state .*No space left"):
+        state.record("b.png", None, b"cat\n")
+    state.close()
+    assert (tmp_path / APPEND_STATE_NAME).read_bytes().endswith(b"\n")
+    loaded = AppendState(tmp_path).load()
+    assert not loaded.added("a.png", sidecar)  # still its old content: the write never happened
+    sidecar.write_bytes(b"old\nnew\n")
+    assert loaded.added("a.png", sidecar) and not loaded.added("b.png", tmp_path / "b.txt")
+    with open(tmp_path / APPEND_STATE_NAME, "ab") as f:
+        f.write(b'{"key": "c.p')  # a kill in the middle of a line
+    again = AppendState(tmp_path).load()
+    again.record("c.png", None, b"x\n")
+    again.close()
+    (tmp_path / "c.txt").write_bytes(b"x\n")
+    assert AppendState(tmp_path).load().added("c.png", tmp_path / "c.txt")
