@@ -291,3 +291,34 @@ def test_a_read_only_caption_file_is_left_and_reported(tmp_path, policy):
     assert failure.key == "a.png" and "read-only" in failure.reason and summary.exit_code == 1
     assert summary.counts["new"] == 1
 
+
+
+def test_the_leftover_temp_of_a_long_name_is_removed_and_no_other(tmp_path):
+    from icg.sinks import temp_stem
+
+    name = "x" * 241 + ".png"
+    [image] = make_images(tmp_path, [name])
+    image.with_suffix(".txt").write_text("old\n", encoding="utf-8")
+    ours = tmp_path / f".{temp_stem(image.with_suffix('.txt').name)}.0123456789ab.tmp"
+    theirs = tmp_path / f".{temp_stem('x' * 241 + '.caption')}.0123456789ab.tmp"  # same start, other file
+    for leftover in (ours, theirs):
+        leftover.write_bytes(b"half a capt")
+    assert len(ours.name.encode()) <= 255
+    summary = run_batch(tiny_manager(), options(tmp_path, policy="overwrite"))
+    assert summary.stale_temps_removed == 1 and summary.counts["overwritten"] == 1
+    assert not ours.exists() and theirs.exists()
+
+
+def test_two_names_that_read_the_same_in_the_manifest_are_a_conflict(tmp_path):
+    root = tmp_path / "images"
+    make_images(root, ["caf\\xe9.png"])  # a real name with a backslash in it
+    _bytes_named_image(root, LATIN1_NAME)  # reads "caf\xe9.png" in the manifest too
+    manifest = tmp_path / "m.jsonl"
+    summary = run_batch(tiny_manager(), options(root, manifest=manifest))
+    [failure] = summary.failures
+    assert "rename one of them" in failure.reason and summary.counts["new"] == 1
+    rows = [(r["path"], r["status"]) for r in read_manifest(manifest)]
+    assert rows == [("caf\\xe9.png", "done")]  # the row of the image that owns the key, only
+    again = run_batch(tiny_manager(), options(root, manifest=manifest))
+    assert again.plan_counts["done"] == 1 and again.processed == 0 and len(again.failures) == 1
+    assert [(r["path"], r["status"]) for r in read_manifest(manifest)] == rows

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -222,6 +223,7 @@ class PlanItem:
     sidecar: Path | None
     action: str
     reason: str | None = None  # why, for a conflict or an unreadable file
+    recorded: bool = True  # False: its manifest key belongs to another image (no row of its own)
 
     @property
     def needs_caption(self) -> bool:
@@ -412,10 +414,13 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
             continue
         sidecar = None
         reason = None
+        recorded = True
         text_key = printable(key)
-        if names.setdefault(text_key, key) != key:
+        as_text = options.manifest is not None or state is not None  # keys written as text
+        if as_text and names.setdefault(text_key, key) != key:
             other = names[text_key]
             reason = f"its name reads {text_key!r} in the manifest, like {other!r}; rename one of them"
+            recorded = False
         if options.write_sidecars and reason is None:
             sidecar = sidecar_path(path, root, options.sidecar_extension, out)
             ident = _identity(sidecar)
@@ -436,7 +441,7 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
                 action = "done" if options.manifest is None else "manifest"  # this round added it already
             elif action == "skip" and options.manifest is not None:
                 action = "manifest"
-        items.append(PlanItem(path, key, sidecar, action, reason))
+        items.append(PlanItem(path, key, sidecar, action, reason, recorded))
     return BatchPlan(root, tuple(items), out, len(done), done)
 
 
@@ -590,12 +595,7 @@ class _Run:
         text = options.template.compose(result.caption, keywords)
         action = item.action
         if item.sidecar is not None and action in SIDECAR_WRITES:
-            state = self.state
-
-            def record(old: bytes | None, new: bytes) -> None:
-                if state is not None:
-                    state.record(item.key, old, new)
-
+            record = None if self.state is None else functools.partial(self.state.record, item.key)
             try:
                 action = _final_action(item, text, options.separator)
                 if action != "unchanged":
@@ -639,7 +639,7 @@ class _Run:
         logger.info("failed: %s: %s", item.path, reason)
         self.summary.failures.append(Failure(os.fspath(item.path), item.key, reason))
         self.summary.counts["failed"] += 1
-        if self.manifest is not None:
+        if self.manifest is not None and item.recorded:
             self.manifest.write(item.key, model=self.options.model, error=reason)
         sidecar = None if item.sidecar is None else os.fspath(item.sidecar)
         self._report(ItemResult(item.key, os.fspath(item.path), sidecar, "failed", error=reason))
