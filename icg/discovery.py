@@ -7,13 +7,19 @@ once, so symlink cycles end and a folder reached twice is captioned once, under 
 inside ``root`` (else under one link, always the same one). Paths come back as ``root / relative path``
 (links are not resolved, so sidecars land beside the path the user sees), sorted by their relative path
 parts.
+
+A symbolic link with an image's name whose target is missing (or a link loop) is not an image, but the
+user meant one there: ``discover`` lists it in ``broken`` with the reason, so a run reports it as a
+failure instead of leaving it out silently.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from icg.errors import IcgError
@@ -30,6 +36,14 @@ def normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
     return frozenset("." + ext.strip().lstrip(".").lower() for ext in extensions if ext.strip().lstrip("."))
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """What ``discover`` found: the image files, and the links with an image name that lead nowhere."""
+
+    images: list[Path]
+    broken: list[tuple[Path, str]]  # (path, reason), sorted like ``images``
+
+
 def discover_images(
     root: str | os.PathLike,
     recursive: bool = True,
@@ -37,7 +51,18 @@ def discover_images(
     ignore_suffixes: Iterable[str] = DEFAULT_IGNORE_SUFFIXES,
     exclude_dirs: Iterable[str | os.PathLike] = (),
 ) -> list[Path]:
-    """List the image files under ``root``, sorted by relative path (case-sensitive).
+    """List the image files under ``root``, sorted by relative path (case-sensitive); see ``discover``."""
+    return discover(root, recursive, extensions, ignore_suffixes, exclude_dirs).images
+
+
+def discover(
+    root: str | os.PathLike,
+    recursive: bool = True,
+    extensions: Iterable[str] | None = None,
+    ignore_suffixes: Iterable[str] = DEFAULT_IGNORE_SUFFIXES,
+    exclude_dirs: Iterable[str | os.PathLike] = (),
+) -> Discovery:
+    """The image files under ``root`` and the broken links with an image name, by relative path.
 
     ``extensions`` defaults to what this Pillow can read (``icg.imaging.supported_extensions``); matching
     is case-insensitive. Raises ``IcgError`` when ``root`` is missing or not a folder.
@@ -56,6 +81,7 @@ def discover_images(
     excluded = {os.path.realpath(d) for d in exclude_dirs}
 
     found: list[Path] = []
+    broken: list[tuple[Path, str]] = []
     visited: set[str] = set()
     pending = [root]  # real folders, depth-first in sorted order
     linked: list[Path] = []  # symlinked folders, followed once no real folder is left
@@ -74,14 +100,19 @@ def discover_images(
             if _is_dir(entry):
                 if recursive:
                     (links if entry.is_symlink() else subfolders).append(folder / name)
-            elif _is_file(entry):
+            else:
                 lower = name.lower()
-                if os.path.splitext(lower)[1] in wanted and not lower.endswith(ignored):
+                if os.path.splitext(lower)[1] not in wanted or lower.endswith(ignored):
+                    continue
+                if _is_file(entry):
                     found.append(folder / name)
+                elif (reason := _broken_link(entry)) is not None:
+                    broken.append((folder / name, reason))
         pending.extend(sorted(subfolders, reverse=True))
         linked.extend(sorted(links))
     found.sort(key=lambda path: path.relative_to(root).parts)
-    return found
+    broken.sort(key=lambda item: item[0].relative_to(root).parts)
+    return Discovery(found, broken)
 
 
 def _list_folder(folder: Path, is_root: bool) -> list[os.DirEntry]:
@@ -107,3 +138,22 @@ def _is_file(entry: os.DirEntry) -> bool:
         return entry.is_file()  # follows symlinks; broken links are neither file nor folder
     except OSError:
         return False
+
+
+def _broken_link(entry: os.DirEntry) -> str | None:
+    """Why the symbolic link ``entry`` leads to no file, or ``None`` (not a link, or a working one)."""
+    try:
+        if not entry.is_symlink():
+            return None
+        target = os.readlink(entry.path)
+    except OSError:
+        return None  # gone meanwhile
+    try:
+        os.stat(entry.path)
+    except FileNotFoundError:
+        return f"broken symbolic link to {target}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symbolic link loop through {target}"
+        return f"unreadable symbolic link: {exc.strerror or exc}"
+    return None  # it leads somewhere that is not a file (a folder, a device): not an image

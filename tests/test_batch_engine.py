@@ -32,7 +32,7 @@ from icg.models.manager import Factories, ModelManager, RuntimeConfig
 from icg.options import BATCH_TEMPLATE, KEYWORDS_TEMPLATE
 from icg.pipeline import caption_images
 from icg.prompt import PromptTemplate
-from icg.sinks import MANIFEST_FIELDS, read_manifest
+from icg.sinks import APPEND_STATE_NAME, MANIFEST_FIELDS, read_manifest
 from tests import fixtures
 
 DECODING = {"max_new_tokens": 6}
@@ -125,12 +125,15 @@ def test_every_policy_on_real_files_and_rerun_changes_nothing(tmp_path, policy):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*.txt")}
     again = run_batch(tiny_manager(), options(tmp_path, policy=policy))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.txt")} == before  # no caption doubled or lost
-    if policy == "skip":
+    if policy in ("skip", "append", "prepend"):  # append/prepend: the append state knows they are done
         assert again.counts["skipped"] == 3 and again.processed == 0
-    elif policy == "overwrite":
-        assert again.counts["overwritten"] == 3
     else:
-        assert again.counts["unchanged"] == 3  # the caption is already the last (first) part
+        assert again.counts["overwritten"] == 3
+    if policy in ("append", "prepend"):  # without the state, the caption already there is not repeated
+        (tmp_path / APPEND_STATE_NAME).unlink()
+        third = run_batch(tiny_manager(), options(tmp_path, policy=policy))
+        assert third.counts["unchanged"] == 3
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*.txt")} == before
 
 
 def test_append_with_a_custom_separator(tmp_path):
@@ -231,7 +234,7 @@ def test_failed_images_are_retried_by_the_next_run(tmp_path):
     second = run_batch(tiny_manager(), options(tmp_path, manifest=manifest))
     assert second.exit_code == 0 and second.counts["new"] == 1 and second.plan_counts["done"] == 1
     statuses = [(r["path"], r["status"]) for r in read_manifest(manifest)]
-    assert statuses == [("a.png", "done"), ("b.png", "failed"), ("b.png", "done")]
+    assert statuses == [("a.png", "done"), ("b.png", "done")]  # one row per image: the last outcome
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -392,6 +395,7 @@ def test_dry_run_writes_nothing_and_previews_what_a_run_writes(tmp_path):
         "skip": 0,
         "done": 0,
         "conflict": 0,
+        "unreadable": 0,
     }
     assert [(p.key, p.action) for p in summary.preview] == [
         ("a.png", "new"),

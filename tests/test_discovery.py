@@ -173,3 +173,24 @@ def test_relative_root(tmp_path, monkeypatch):
 
 def test_empty_folder(tmp_path):
     assert discover_images(tmp_path) == []
+
+
+def test_dangling_links_with_an_image_name_are_listed_as_broken(tmp_path):
+    from icg.discovery import discover
+
+    _touch(tmp_path, "a.png")
+    try:
+        (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+        (tmp_path / "notes.txt").symlink_to(tmp_path / "missing.txt")  # not an image: not ours
+        (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    except (OSError, NotImplementedError):
+        pytest.skip("symlinks are not available here")
+    _touch(tmp_path, "sub/b.png")
+    (tmp_path / "sub" / "old.jpg").symlink_to("../nowhere/old.jpg")
+    found = discover(tmp_path)
+    assert _rel(tmp_path, found.images) == ["a.png", "sub/b.png"]
+    assert {path.relative_to(tmp_path).as_posix(): reason for path, reason in found.broken} == {
+        "gone.png": f"broken symbolic link to {tmp_path / 'missing.png'}",
+        "loop.png": f"symbolic link loop through {tmp_path / 'loop.png'}",
+        "sub/old.jpg": "broken symbolic link to ../nowhere/old.jpg",
+    }

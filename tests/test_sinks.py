@@ -354,7 +354,8 @@ def test_resume_keeps_rows_and_knows_done_paths(tmp_path, name):
         manifest.write("b/c.png", caption="a cat", status="new")
         assert manifest.done_paths() == {"a.png", "d.png", "b/c.png"}
     rows = read_manifest(path)
-    assert [row["path"] for row in rows] == ["a.png", "b/c.png", "d.png", "b/c.png"]
+    assert [row["path"] for row in rows] == ["a.png", "b/c.png", "d.png"]  # one row each, the last wins
+    assert rows[1]["status"] == "new" and rows[1]["caption"] == "a cat"
     if name.endswith(".csv"):
         assert path.read_text(encoding="utf-8").count("path,caption") == 1
 
@@ -484,3 +485,164 @@ def test_atomic_write_json(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["config.json"]
     atomic_write_json(target, {"n": 1.5}, indent=None, default=str)
     assert target.read_text(encoding="utf-8") == '{"n": 1.5}\n'
+
+
+# ---------------------------------------------------------------------------------------------- hardening
+
+
+def test_printable_turns_undecodable_name_bytes_into_escapes():
+    from icg.sinks import printable
+
+    assert printable("a cat.png") == "a cat.png"
+    assert printable(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert printable("caf\u00e9.png") == "caf\u00e9.png"
+
+
+def test_manifest_rows_with_undecodable_names_are_utf8(tmp_path):
+    path = tmp_path / "m.csv"
+    with ManifestWriter(path) as manifest:
+        key = os.fsdecode(b"caf\xe9.png")
+        manifest.write(key, settings={"sidecar": os.fsdecode(b"/x/caf\xe9.txt")}, status="done")
+        assert manifest.done_paths() == {"caf\\xe9.png"}
+    [row] = read_manifest(path)
+    assert row["path"] == "caf\\xe9.png" and row["settings"] == {"sidecar": "/x/caf\\xe9.txt"}
+
+
+class _FullDisk:
+    """A file object whose disk fills up after ``room`` bytes: the write that overflows writes what fits."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(data[: self.room])
+            self.room = 0
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+@pytest.mark.parametrize("name", ["m.jsonl", "m.csv"])
+def test_a_full_disk_leaves_only_complete_manifest_rows(tmp_path, name):
+    from icg.sinks import RecordWriteError
+
+    path = tmp_path / name
+    manifest = ManifestWriter(path)
+    manifest.open()
+    manifest.write("a.png", caption="a cat", status="done")
+    manifest._file = _FullDisk(manifest._file, room=10)  # noqa: SLF001 - the disk fills up
+    with pytest.raises(RecordWriteError, match=f"cannot write manifest {path}: No space left on device"):
+        manifest.write("b.png", caption="a dog", status="done")
+    manifest.close()
+    assert path.read_bytes().endswith(b"\n")
+    assert [r["path"] for r in read_manifest(path)] == ["a.png"]
+
+
+def test_resume_compacts_the_manifest_to_one_row_per_path_last_wins(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rows = ["a.png done", "b.png failed", "b.png failed", "b.png done", "c.png failed"]
+    lines = [dict(zip(("path", "status"), row.split())) for row in rows]
+    lines = [{**row, "error": "e" if row["status"] == "failed" else None} for row in lines]
+    path.write_text(
+        "".join(json.dumps(row) + "\n" for row in lines) + '{"path": "d.p',  # a torn last row
+        encoding="utf-8",
+    )
+    with ManifestWriter(path, resume=True) as manifest:
+        assert manifest.done_paths() == {"a.png", "b.png"}
+        manifest.write("c.png", error="still broken")
+    assert [(r["path"], r["status"]) for r in read_manifest(path)] == [
+        ("a.png", "done"),
+        ("b.png", "done"),
+        ("c.png", "failed"),
+    ]
+    assert _no_temp_files(tmp_path)
+
+
+def test_a_failed_row_after_a_done_row_is_not_done(tmp_path):
+    path = tmp_path / "m.csv"
+    with ManifestWriter(path) as manifest:
+        manifest.write("a.png", status="done")
+        manifest.write("a.png", error="gone")
+    with ManifestWriter(path, resume=True) as manifest:
+        assert manifest.done_paths() == frozenset()
+    assert [(r["path"], r["status"]) for r in read_manifest(path)] == [("a.png", "failed")]
+
+
+@pytest.mark.parametrize("policy", ["overwrite", "append", "prepend"])
+def test_a_read_only_caption_file_is_never_replaced(tmp_path, policy):
+    path = tmp_path / "a.txt"
+    path.write_text("mine\n", encoding="utf-8")
+    path.chmod(0o444)
+    with pytest.raises(IcgError, match=f"caption file {path} is read-only"):
+        write_sidecar(path, "a cat", policy)
+    assert path.read_text(encoding="utf-8") == "mine\n" and _no_temp_files(tmp_path)
+
+
+def test_atomic_write_refuses_a_read_only_file(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_bytes(b"{}")
+    path.chmod(0o444)
+    with pytest.raises(IcgError, match="read-only"):
+        atomic_write(path, b'{"a": 1}')
+    assert path.read_bytes() == b"{}"
+
+
+@pytest.mark.parametrize("length", [200, 235, 240, 251, 255])
+def test_a_caption_file_with_a_long_name_can_be_written(tmp_path, length):
+    path = tmp_path / ("y" * (length - 4) + ".txt")
+    path.write_text("old\n", encoding="utf-8")
+    assert write_sidecar(path, "a cat", "overwrite") == "overwrite"
+    assert path.read_text(encoding="utf-8") == "a cat\n" and _no_temp_files(tmp_path)
+
+
+def test_temp_names_fit_and_are_recognised_for_their_target_only(tmp_path):
+    from icg.sinks import is_temp_of, temp_name
+
+    short, long_a, long_b = "a.txt", "z" * 245 + "a.txt", "z" * 245 + "b.txt"
+    for name in (short, long_a, long_b, "\u00e9" * 125 + ".txt"):
+        tmp = temp_name(name)
+        assert len(os.fsencode(tmp)) <= 255 and tmp.startswith(".") and tmp.endswith(".tmp")
+        assert is_temp_of(tmp, name)
+    assert not is_temp_of(temp_name(long_a), long_b)  # same truncated prefix, another file
+    assert not is_temp_of(temp_name(short), "b.txt")
+    assert not is_temp_of(".a.txt.tmp", short) and not is_temp_of("a.txt", short)
+    assert not is_temp_of(f".{short}.nothex123456.tmp", short)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_manifest_is_neither_replaced_nor_appended_to(tmp_path, resume):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"path": "a.png", "status": "done"}\n', encoding="utf-8")
+    path.chmod(0o444)
+    with pytest.raises(IcgError, match=f"manifest {path} is read-only"):
+        ManifestWriter(path, resume=resume).open()
+    assert path.read_text(encoding="utf-8") == '{"path": "a.png", "status": "done"}\n'
+
+
+def test_append_state_survives_a_full_disk_and_a_torn_line(tmp_path):
+    from icg.sinks import APPEND_STATE_NAME, AppendState, RecordWriteError
+
+    sidecar = tmp_path / "a.txt"
+    sidecar.write_bytes(b"old\n")
+    state = AppendState(tmp_path)
+    state.record("a.png", b"old\n", b"old\nnew\n")
+    state._file = _FullDisk(state._file, room=5)  # noqa: SLF001 - the disk fills up
+    with pytest.raises(RecordWriteError, match="cannot write the append state .*No space left"):
+        state.record("b.png", None, b"cat\n")
+    state.close()
+    assert (tmp_path / APPEND_STATE_NAME).read_bytes().endswith(b"\n")
+    loaded = AppendState(tmp_path).load()
+    assert not loaded.added("a.png", sidecar)  # still its old content: the write never happened
+    sidecar.write_bytes(b"old\nnew\n")
+    assert loaded.added("a.png", sidecar) and not loaded.added("b.png", tmp_path / "b.txt")
+    with open(tmp_path / APPEND_STATE_NAME, "ab") as f:
+        f.write(b'{"key": "c.p')  # a kill in the middle of a line
+    again = AppendState(tmp_path).load()
+    again.record("c.png", None, b"x\n")
+    again.close()
+    (tmp_path / "c.txt").write_bytes(b"x\n")
+    assert AppendState(tmp_path).load().added("c.png", tmp_path / "c.txt")

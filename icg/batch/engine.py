@@ -7,9 +7,11 @@ anything. The plan's actions:
 - ``manifest``: caption it for the manifest only (sidecars are off, or the policy is ``skip`` and its
   sidecar exists: the manifest is a complete record of the folder, the sidecar is left alone);
 - ``skip``: its sidecar exists, the policy is ``skip`` and there is no manifest: nothing to do;
-- ``done``: the manifest (``resume=True``) already holds a row for it that did not fail: nothing to do;
+- ``done``: the manifest (``resume=True``) already holds a row for it that did not fail, or this
+  append/prepend round already added its caption (see below): nothing to do;
 - ``conflict``: another image (``a.jpg`` and ``a.png``) owns the same sidecar: reported as a failure
-  rather than letting one caption clobber the other.
+  rather than letting one caption clobber the other;
+- ``unreadable``: a symbolic link with an image name that leads nowhere: reported as a failure.
 
 ``run_batch(manager, options)`` carries the plan out. Images are decoded (``icg.imaging.load_image``)
 and preprocessed (``ClipEncoder.preprocess_images``) by a small thread pool a few batches ahead of the
@@ -20,21 +22,31 @@ reported (path and reason) in the summary and as a "failed" manifest row, and re
 ``should_stop()`` is asked before each batch: a stop lets the current batch finish and be written.
 
 Resume: the key of an image is its path relative to the root, with "/" separators (the manifest's
-``path``). Re-running with the same options redoes only what is missing: with ``skip`` the existing
-sidecars say what is done; with a manifest its rows do, whatever the policy; ``append``/``prepend``
-never add a caption that is already the last (first) part of the sidecar, so a re-run does not double
-it. Leftover temp files of our own atomic writes (from a killed run) next to the sidecars about to be
-written are removed. With sampling and a seed, each image draws from its own generator seeded with it,
-so a resumed run captions the remaining images as one uninterrupted run would.
+``path``). A name that is not valid UTF-8 (bytes from an old archive) is captioned like any other; the
+manifest records its key with each undecodable byte as ``\\xNN`` (``icg.sinks.printable``), and resume
+compares keys in that form (two names that read the same there are a ``conflict``), so the manifest
+stays UTF-8 text and round-trips. Re-running with the same options redoes only what is missing: with
+``skip`` the existing sidecars say what is done; with a manifest its rows do (the last row of each
+image; the manifest keeps one row per image); ``append``/``prepend`` keep an append state
+(``icg.sinks.AppendState``, ``.icg-append.jsonl`` in the caption folder) that tells which caption files
+this round already added to, so neither a plain second run (sampled captions differ every time) nor a
+rerun after a kill adds a caption twice, with or without a manifest; ``resume=False`` starts a new round.
+They also never add a caption that is already the last (first) part of the sidecar. Leftover temp files
+of our own atomic writes (from a killed run) next to the sidecars about to be written are removed. With
+sampling and a seed, each image draws from its own generator seeded with it, so a resumed run captions
+the remaining images as one uninterrupted run would.
+
+A write error on the manifest or the append state (a full disk) raises ``icg.sinks.RecordWriteError``
+out of ``run_batch`` with every record complete; an error writing one caption file fails that image only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -44,29 +56,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from icg.discovery import discover_images, normalise_extensions
+from icg.discovery import discover, normalise_extensions
 from icg.errors import ConfigError, IcgError
 from icg.imaging import DEFAULT_MAX_PIXELS
 from icg.options import BATCH, BATCH_TEMPLATE, DECODING, DEFAULT_MODEL, CaptionOptions
 from icg.pipeline import caption_batch, resolve_decoding
 from icg.prompt import PromptTemplate
 from icg.sinks import (
+    AppendState,
     ManifestWriter,
+    RecordWriteError,
     check_policy,
+    manifest_done,
     manifest_format,
     normalise_extension,
     plan_sidecar,
-    read_manifest,
+    printable,
+    printable_data,
     sidecar_path,
+    stem_of_temp,
+    temp_stem,
     write_sidecar,
 )
 
 logger = logging.getLogger(__name__)
 
 
-PLAN_ACTIONS = ("new", "overwrite", "append", "prepend", "manifest", "skip", "done", "conflict")
+PLAN_ACTIONS = ("new", "overwrite", "append", "prepend", "manifest", "skip", "done", "conflict", "unreadable")
 CAPTION_ACTIONS = frozenset({"new", "overwrite", "append", "prepend", "manifest"})
 SIDECAR_WRITES = frozenset({"new", "overwrite", "append", "prepend"})
+FAILED_ACTIONS = frozenset({"conflict", "unreadable"})  # reported as failures without captioning
 #: Summary counters, and the item action each one counts.
 COUNT_KEYS = (
     "new",
@@ -88,10 +107,9 @@ _COUNT_OF_ACTION = {
     "skip": "skipped",
     "done": "skipped",
     "conflict": "failed",
+    "unreadable": "failed",
     "failed": "failed",
 }
-#: ``icg.sinks.atomic_write``'s temp files: ``.<target name>.<12 hex digits>.tmp`` beside the target.
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
 
 ProgressCallback = Callable[[int, int, dict], None]
 
@@ -204,7 +222,8 @@ class PlanItem:
     key: str
     sidecar: Path | None
     action: str
-    reason: str | None = None  # why, for a conflict
+    reason: str | None = None  # why, for a conflict or an unreadable file
+    recorded: bool = True  # False: its manifest key belongs to another image (no row of its own)
 
     @property
     def needs_caption(self) -> bool:
@@ -227,6 +246,11 @@ class BatchPlan:
     def conflicts(self) -> list[PlanItem]:
         return [item for item in self.items if item.action == "conflict"]
 
+    @property
+    def failures(self) -> list[PlanItem]:
+        """The images reported as failures without captioning: conflicts and unreadable files."""
+        return [item for item in self.items if item.action in FAILED_ACTIONS]
+
     def counts(self) -> dict[str, int]:
         """Images per plan action (every action of ``PLAN_ACTIONS``, zeros included)."""
         counts = dict.fromkeys(PLAN_ACTIONS, 0)
@@ -242,7 +266,7 @@ class Failure:
     reason: str
 
     def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        return printable_data(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -263,9 +287,7 @@ class ItemResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["keywords"] = list(self.keywords)
-        return out
+        return printable_data(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -279,7 +301,7 @@ class PreviewItem:
     text: str
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return printable_data(dataclasses.asdict(self))
 
 
 @dataclass
@@ -332,7 +354,7 @@ class BatchSummary:
             images_per_second=self.images_per_second,
             exit_code=self.exit_code,
         )
-        return out
+        return printable_data(out)
 
 
 # ------------------------------------------------------------------------------------------- planning
@@ -344,9 +366,16 @@ def plan_batch(options: BatchOptions) -> BatchPlan:
 
 
 def _manifest_done(options: BatchOptions) -> frozenset[str]:
-    if options.manifest is None or not options.resume or not Path(options.manifest).exists():
+    if options.manifest is None or not options.resume:
         return frozenset()
-    return frozenset(row["path"] for row in read_manifest(options.manifest) if row.get("status") != "failed")
+    return manifest_done(options.manifest)
+
+
+def _append_state(options: BatchOptions, out: Path | None) -> AppendState | None:
+    """The append state of the caption folder when this run appends or prepends (not yet read)."""
+    if not options.write_sidecars or options.policy not in ("append", "prepend"):
+        return None
+    return AppendState(out or options.root)
 
 
 def _output_dir(options: BatchOptions) -> Path | None:
@@ -368,17 +397,30 @@ def _identity(path: str | os.PathLike) -> str:
 def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
     root = Path(options.root)
     out = _output_dir(options)
-    paths = discover_images(
+    found = discover(
         root, recursive=options.recursive, extensions=options.extensions, exclude_dirs=[out] if out else []
     )
+    state = _append_state(options, out)
+    appended = state.load() if state is not None and options.resume else None
     manifest_ident = None if options.manifest is None else _identity(options.manifest)
     owners: dict[str, str] = {}
+    names: dict[str, str] = {}  # printable key -> key
     items = []
-    for path in paths:
+    for path, unreadable in _found_in_order(root, found):
         key = path.relative_to(root).as_posix()
+        if unreadable is not None:
+            items.append(PlanItem(path, key, None, "unreadable", unreadable))
+            continue
         sidecar = None
         reason = None
-        if options.write_sidecars:
+        recorded = True
+        text_key = printable(key)
+        as_text = options.manifest is not None or state is not None  # keys written as text
+        if as_text and names.setdefault(text_key, key) != key:
+            other = names[text_key]
+            reason = f"its name reads {text_key!r} in the manifest, like {other!r}; rename one of them"
+            recorded = False
+        if options.write_sidecars and reason is None:
             sidecar = sidecar_path(path, root, options.sidecar_extension, out)
             ident = _identity(sidecar)
             if ident == manifest_ident:
@@ -388,16 +430,24 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
                 reason = f"its caption file {sidecar} is also the caption file of {owner}; rename one of them"
         if reason is not None:
             action = "conflict"
-        elif key in done:
+        elif text_key in done:
             action = "done"
         elif sidecar is None:
             action = "manifest"
         else:
             action = plan_sidecar(sidecar, options.policy)
-            if action == "skip" and options.manifest is not None:
+            if action in ("append", "prepend") and appended is not None and appended.added(key, sidecar):
+                action = "done" if options.manifest is None else "manifest"  # this round added it already
+            elif action == "skip" and options.manifest is not None:
                 action = "manifest"
-        items.append(PlanItem(path, key, sidecar, action, reason))
+        items.append(PlanItem(path, key, sidecar, action, reason, recorded))
     return BatchPlan(root, tuple(items), out, done)
+
+
+def _found_in_order(root: Path, found) -> list[tuple[Path, str | None]]:
+    """The images (reason ``None``) and the unreadable links (with the reason), by relative path."""
+    everything = [(path, None) for path in found.images] + list(found.broken)
+    return sorted(everything, key=lambda item: item[0].relative_to(root).parts)
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -434,7 +484,14 @@ def run_batch(
             manifest = stack.enter_context(ManifestWriter(options.manifest, resume=options.resume))
             if manifest.done_paths() != done:  # changed since it was read
                 plan = _plan(options, manifest.done_paths())
-        run = _Run(manager, options, plan, manifest, start, on_progress, should_stop, on_result)
+        state = _append_state(options, plan.output_dir)
+        if state is not None:
+            stack.callback(state.close)
+            if options.resume:
+                state.load()
+            else:
+                state.reset()  # a new append round
+        run = _Run(manager, options, plan, manifest, state, start, on_progress, should_stop, on_result)
         run.run(stack)
         return run.summary
 
@@ -442,11 +499,14 @@ def run_batch(
 class _Run:
     """One run of the engine (state shared by the steps of ``run_batch``)."""
 
-    def __init__(self, manager, options, plan, manifest, start, on_progress, should_stop, on_result) -> None:
+    def __init__(
+        self, manager, options, plan, manifest, state, start, on_progress, should_stop, on_result
+    ) -> None:
         self.manager = manager
         self.options = options
         self.plan = plan
         self.manifest: ManifestWriter | None = manifest
+        self.state: AppendState | None = state
         self.start = start
         self.on_progress = on_progress
         self.should_stop = should_stop or (lambda: False)
@@ -458,8 +518,8 @@ class _Run:
 
     def run(self, stack: contextlib.ExitStack) -> None:
         summary, options = self.summary, self.options
-        for item in self.plan.conflicts:
-            self._fail(item, item.reason or "conflict")
+        for item in self.plan.failures:
+            self._fail(item, item.reason or item.action)
         summary.stale_temps_removed = _remove_stale_temps(self.todo)
         if not self.todo:
             summary.seconds["total"] = time.perf_counter() - self.start
@@ -534,10 +594,13 @@ class _Run:
         text = options.template.compose(result.caption, keywords)
         action = item.action
         if item.sidecar is not None and action in SIDECAR_WRITES:
+            record = None if self.state is None else functools.partial(self.state.record, item.key)
             try:
                 action = _final_action(item, text, options.separator)
                 if action != "unchanged":
-                    action = write_sidecar(item.sidecar, text, options.policy, options.separator)
+                    action = write_sidecar(item.sidecar, text, options.policy, options.separator, record)
+            except RecordWriteError:
+                raise  # the run's records cannot be kept: stop
             except IcgError as exc:
                 self._fail(item, str(exc))
                 return
@@ -575,7 +638,7 @@ class _Run:
         logger.info("failed: %s: %s", item.path, reason)
         self.summary.failures.append(Failure(os.fspath(item.path), item.key, reason))
         self.summary.counts["failed"] += 1
-        if self.manifest is not None:
+        if self.manifest is not None and item.recorded:
             self.manifest.write(item.key, model=self.options.model, error=reason)
         sidecar = None if item.sidecar is None else os.fspath(item.sidecar)
         self._report(ItemResult(item.key, os.fspath(item.path), sidecar, "failed", error=reason))
@@ -656,12 +719,12 @@ def _remove_stale_temps(items: Iterable[PlanItem]) -> int:
     wanted: dict[Path, set[str]] = {}
     for item in items:
         if item.sidecar is not None and item.action in SIDECAR_WRITES:
-            wanted.setdefault(item.sidecar.parent, set()).add(item.sidecar.name)
+            wanted.setdefault(item.sidecar.parent, set()).add(temp_stem(item.sidecar.name))
     removed = 0
-    for folder, names in wanted.items():
+    for folder, stems in wanted.items():
         try:
             with os.scandir(folder) as entries:
-                stale = [e.path for e in entries if (m := _TEMP_NAME.match(e.name)) and m["target"] in names]
+                stale = [e.path for e in entries if stem_of_temp(e.name) in stems]
         except OSError:
             continue  # a folder that does not exist yet holds no leftovers
         for path in stale:
@@ -734,8 +797,8 @@ class _Prefetcher:
 def _dry_run(manager, options: BatchOptions, plan: BatchPlan, start: float) -> BatchSummary:
     """The plan, and the captions of the first ``options.preview`` images to caption; writes nothing."""
     summary = _new_summary(options, plan)
-    for item in plan.conflicts:
-        summary.failures.append(Failure(os.fspath(item.path), item.key, item.reason or "conflict"))
+    for item in plan.failures:
+        summary.failures.append(Failure(os.fspath(item.path), item.key, item.reason or item.action))
         summary.counts["failed"] += 1
     todo = plan.todo
     if options.preview and todo:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from icg.sinks import printable
+
 
 def format_summary(summary, options) -> str:
-    """The human-readable end-of-run report."""
+    """The human-readable end-of-run report (valid Unicode: undecodable name bytes as ``\\xNN``)."""
+    return printable("\n".join(_summary_lines(summary, options)))
+
+
+def _summary_lines(summary, options) -> list[str]:
     lines = []
     if summary.dry_run:
         plan = summary.plan_counts
@@ -18,9 +24,11 @@ def format_summary(summary, options) -> str:
             parts.append(f"{plan['manifest']} manifest only")
         parts.append(f"{plan['skip']} skip (caption file exists)")
         if plan["done"]:
-            parts.append(f"{plan['done']} done (in the manifest)")
+            parts.append(f"{plan['done']} done (in an earlier run)")
         if plan["conflict"]:
             parts.append(f"{plan['conflict']} conflict")
+        if plan["unreadable"]:
+            parts.append(f"{plan['unreadable']} unreadable")
         lines.append(f"dry run: {summary.total} images in {summary.root}: " + ", ".join(parts))
         if summary.preview:
             lines.append("preview:")
@@ -29,8 +37,13 @@ def format_summary(summary, options) -> str:
                 lines.append(f"  {item.key}{target} [{item.action}]: {item.text}")
         lines += _failure_lines(summary)
         lines.append("nothing was written (dry run)")
-        return "\n".join(lines)
+        return lines
     counts = summary.counts
+    if summary.planned == 0 and summary.total and not summary.stopped:
+        lines.append(f"nothing to do: {counts['skipped']} of {summary.total} images already captioned")
+        if summary.manifest:
+            lines.append(f"manifest: {summary.manifest}")
+        return lines + _failure_lines(summary)
     parts = [
         f"{counts[key]} {label}"
         for key, label in (
@@ -45,7 +58,7 @@ def format_summary(summary, options) -> str:
         )
         if counts[key] or key in ("new", "skipped", "failed")
     ]
-    rate = f" ({summary.images_per_second:.1f} images/s)" if summary.processed else ""
+    rate = f" ({summary.images_per_second:.1f} images/s)" if summary.captioned else ""
     head = "stopped" if summary.stopped else "done"
     lines.append(
         f"{head}: {summary.captioned} of {summary.total} images captioned in {summary.seconds['run']:.1f} s"
@@ -59,7 +72,7 @@ def format_summary(summary, options) -> str:
         lines.append(f"stopped by the user with {left} images left; run the same command again to go on")
         if options.policy == "overwrite" and options.manifest is None:
             lines.append("(with --policy overwrite and no --manifest, a re-run redoes every image)")
-    return "\n".join(lines)
+    return lines
 
 
 def _failure_lines(summary) -> list[str]:

@@ -3,7 +3,9 @@
 A progress bar (stderr) shows the ETA and images/s. Ctrl-C stops after the current batch with
 everything captioned so far written; a second Ctrl-C aborts at once (sidecars are written atomically, so
 even then no file is left half-written). Exit status: 0 when every image was captioned, 1 when some
-failed, 130 when stopped by the user.
+failed (or for a bad option, folder or model), 3 when the manifest or the append state could not be
+written (a full disk: the run stops, every row written is complete, and the same command goes on once
+there is room), 130 when stopped by the user.
 """
 
 from __future__ import annotations
@@ -98,16 +100,27 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
+#: The exit status when the run's records (manifest, append state) cannot be written.
+EXIT_RECORD_WRITE = 3
+
+
 def run(args: argparse.Namespace) -> int:
     from icg.batch.engine import run_batch
     from icg.batch.report import format_summary
+    from icg.sinks import RecordWriteError
 
     options = options_from_args(args)
     manager = make_manager(args)
     stop = threading.Event()
     bar = _ProgressBar(enabled=not args.no_progress and not options.dry_run)
-    with bar, stop_on_sigint(stop, bar.write):
-        summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set)
+    try:
+        with bar, stop_on_sigint(stop, bar.write):
+            summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set)
+    except RecordWriteError as err:
+        if args.debug:
+            raise
+        print(f"icg: error: {err}", file=sys.stderr)
+        return EXIT_RECORD_WRITE
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str))
     else:
