@@ -173,3 +173,20 @@ def test_kinds_import_without_the_model_layer_or_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_registry_accepts_a_kind_once_it_is_registered(toy_kind):
+    from icg.models.registry import parse_registry
+
+    entry = {
+        "id": "toy-model",
+        "display_name": "Toy",
+        "kind": "toy",
+        "description": "a toy",
+        "files": ["toy.json"],
+        "sources": [{"kind": "url", "url": "https://example.invalid/toy.json", "filename": "toy.json"}],
+    }
+    assert parse_registry({"schema": 1, "models": [entry]})["toy-model"].kind == "toy"
+    kinds.unregister("toy")
+    with pytest.raises(ConfigError, match="unknown kind 'toy'"):
+        parse_registry({"schema": 1, "models": [entry]})

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["num_samples"] = args.candidates
     with manager.session():
         captioner = manager.captioner(model)
-        if captioner.kind != "sbg" and _sbg_only(args):
+        if not hasattr(captioner, "caption_keywords") and _sbg_only(args):
             raise ConfigError(
                 f"{', '.join(_sbg_only(args))}: only for SBG models; {model!r} is a {captioner.kind} model"
             )
@@ -109,7 +109,7 @@ def _caption_images(args, manager, model, captioner, decoding):
     from icg.pipeline import caption_images
 
     with contextlib.ExitStack() as stack:
-        if captioner.kind == "sbg":
+        if hasattr(captioner, "caption_keywords"):  # an SBG captioner
             from icg.sbg.captioner import sbg_options
 
             stack.enter_context(
@@ -127,11 +127,12 @@ def _captioner_factory(vocabulary: str):
 
     def load(name: str, manager):
         from icg.models.loading import load_captioner, resolve_model
+        from icg.sbg.captioner import load_sbg_captioner
+        from icg.sbg.kind import KIND as SBG
 
         resolved = resolve_model(name, manager)
-        if resolved.kind != "sbg":
+        if resolved.kind != SBG.name:
             return load_captioner(name, manager)
-        from icg.sbg.captioner import load_sbg_captioner
 
         return load_sbg_captioner(name, resolved, manager, vocabulary=vocabulary)
 

@@ -2,8 +2,9 @@
 
 A captioner name resolves, in this order, to:
 
-1. an existing path: a predecessor CLIP-prefix ``.pt`` state_dict, an ICG CLIP-prefix folder
-   (``config.json`` + ``model.safetensors``) or a Hugging Face GPT-2 folder (an SBG generator);
+1. an existing path: a file or folder that a registered captioner kind detects
+   (``icg.captioners.kinds``: a predecessor CLIP-prefix ``.pt`` state_dict, an ICG CLIP-prefix folder,
+   a Hugging Face GPT-2 folder for SBG, ...), loaded by that kind's ``load``;
 2. a registry id: its folder in the models folder. A model that is not installed yet is installed on
    demand: originals found in its folder are converted, files already in the Hugging Face cache are
    copied in, and anything else is downloaded only when ``RuntimeConfig.allow_download`` is set (else
@@ -128,23 +129,23 @@ def resolve_model(name: str, manager: ModelManager) -> ResolvedModel:
     """A captioner name -> its kind, its files and (SBG) its settings; see the module docstring."""
     path = Path(name).expanduser()
     if path.exists():
-        return _resolved("", path, None)
+        return _resolved(path, None)
     entry = _entry(name)
     if entry is not None:
         if not kinds.get(entry.kind).captioner:
             raise ModelNotFound(f"{name!r} is a {entry.kind}, not a captioning model")
-        return _resolved(entry.kind, _install(entry, manager), entry)
+        return _resolved(_install(entry, manager), entry)
     local = manager.models_dir / name
     if name and not name.startswith(".") and local.is_dir():
-        return _resolved("", local, None)
+        return _resolved(local, None)
     raise ModelNotFound(
         f"{name!r} is neither a file, a folder, a known model id nor a model in {manager.models_dir} "
         "(see `python -m icg models`)"
     )
 
 
-def _resolved(name: str, path: Path, entry: ModelEntry | None) -> ResolvedModel:
-    kind = kinds.get(name) if entry is not None else kinds.detect(path)
+def _resolved(path: Path, entry: ModelEntry | None) -> ResolvedModel:
+    kind = kinds.get(entry.kind) if entry is not None else kinds.detect(path)
     if not kind.captioner:
         raise ModelNotFound(f"{path} holds a {kind.name}, not a captioning model")
     meta = kind.settings(path, entry) if kind.settings is not None else {}
