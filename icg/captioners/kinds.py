@@ -6,10 +6,12 @@ person brings (``recognise`` + ``import_files``) and convert a downloaded origin
 plus the registry facts an entry of the kind must state. ``icg.models`` (loading, importing, converting,
 registry validation) looks kinds up here and has no per-kind code.
 
-A new kind is one module that calls ``register`` once, named in ``BUILTIN_MODULES`` (or registered by the
-code that uses it, as the tests do). The built-in records (clip-prefix; sbg and sbg-vocabulary;
-tokenizer and clip) are registered on first use, so importing this module is cheap and never imports
-``icg.models``. Records are checked in registration order: the first kind whose ``detect`` answers wins.
+A new kind is one module defining its record(s) in ``KINDS`` plus one registration: its name in
+``BUILTIN_MODULES`` (or a ``register`` call by the code that uses it, as the tests do). The built-in
+records (clip-prefix; sbg and sbg-vocabulary; tokenizer and clip) are registered on first use, so
+importing this module is cheap and never imports ``icg.models``. Records are checked in registration
+order (the built-in ones first, in ``BUILTIN_MODULES`` order): the first kind whose ``detect`` answers
+wins.
 """
 
 from __future__ import annotations
@@ -156,12 +158,13 @@ _builtins_loaded = False
 
 
 def _ensure_builtins() -> None:
+    """Register the ``KINDS`` of ``BUILTIN_MODULES`` first, in that order (whatever imported first)."""
     global _builtins_loaded
     with _lock:
         if not _builtins_loaded:
+            builtin = [kind for module in BUILTIN_MODULES for kind in importlib.import_module(module).KINDS]
+            _kinds.update({kind.name: kind for kind in builtin})
             _builtins_loaded = True
-            for module in BUILTIN_MODULES:
-                importlib.import_module(module)
 
 
 def register(kind: ModelKind) -> ModelKind:

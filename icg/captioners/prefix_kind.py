@@ -22,7 +22,6 @@ from icg.captioners.kinds import (
     folder_config,
     read_json,
     read_state,
-    register,
     tensor_shapes,
 )
 from icg.errors import CheckpointError, ConfigError, IcgError
@@ -239,18 +238,18 @@ def _import(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
     )
 
 
-KIND = register(
-    ModelKind(
-        name="clip-prefix",
-        title="CLIP-prefix",
-        formats="an ICG CLIP-prefix folder or .pt state_dict",
-        detect=_detect,
-        describe=_describe,
-        load=_load,
-        recognise=_recognise,
-        import_files=_import,
-        convert=Conversion(outputs=FILES, inputs=None, run=_convert),
-        registry_needs=("clip", "prefix_length"),
-        decoding=MappingProxyType({"strategy": "greedy", "max_new_tokens": 67, "stop": "."}),
-    )
+KIND = ModelKind(
+    name="clip-prefix",
+    title="CLIP-prefix",
+    formats="an ICG CLIP-prefix folder or .pt state_dict",
+    detect=_detect,
+    describe=_describe,
+    load=_load,
+    recognise=_recognise,
+    import_files=_import,
+    convert=Conversion(outputs=FILES, inputs=None, run=_convert),
+    registry_needs=("clip", "prefix_length"),
+    decoding=MappingProxyType({"strategy": "greedy", "max_new_tokens": 67, "stop": "."}),
 )
+#: Registered by icg.captioners.kinds (BUILTIN_MODULES) on first use.
+KINDS = (KIND,)

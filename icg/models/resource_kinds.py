@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from icg.captioners.kinds import ImportJob, ModelKind, read_state, register
+from icg.captioners.kinds import ImportJob, ModelKind, read_state
 from icg.errors import CheckpointError, ConfigError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -86,17 +86,15 @@ def _import_clip(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
     return f"CLIP {clip_label(entry.clip)}: {dim or '?'}-dim features"
 
 
-TOKENIZER = register(
-    ModelKind(
-        name="tokenizer", title="tokenizer", formats="a tokenizer folder", import_files=_import_tokenizer
-    )
+TOKENIZER = ModelKind(
+    name="tokenizer", title="tokenizer", formats="a tokenizer folder", import_files=_import_tokenizer
 )
-CLIP = register(
-    ModelKind(
-        name="clip",
-        title="CLIP",
-        formats="open_clip CLIP weights",
-        import_files=_import_clip,
-        registry_needs=("clip",),
-    )
+CLIP = ModelKind(
+    name="clip",
+    title="CLIP",
+    formats="open_clip CLIP weights",
+    import_files=_import_clip,
+    registry_needs=("clip",),
 )
+#: Registered by icg.captioners.kinds (BUILTIN_MODULES) on first use.
+KINDS = (TOKENIZER, CLIP)

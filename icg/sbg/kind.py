@@ -24,7 +24,6 @@ from icg.captioners.kinds import (
     folder_config,
     read_json,
     read_state,
-    register,
     tensor_shapes,
 )
 from icg.errors import CheckpointError, ConfigError
@@ -363,30 +362,28 @@ def _convert_vocabulary(entry, folder: Path, out: Path) -> None:
     convert_pickles(*(folder / name for name in PICKLES), out / VOCABULARY_FILE)
 
 
-KIND = register(
-    ModelKind(
-        name="sbg",
-        title="SBG generator",
-        formats="a GPT-2 (SBG) folder",
-        detect=_is_gpt2,
-        describe=_describe,
-        settings=sbg_meta,
-        load=_load,
-        recognise=_recognise,
-        import_files=_import,
-        registry_needs=("clip",),
-        decoding=DECODING,
-    )
+KIND = ModelKind(
+    name="sbg",
+    title="SBG generator",
+    formats="a GPT-2 (SBG) folder",
+    detect=_is_gpt2,
+    describe=_describe,
+    settings=sbg_meta,
+    load=_load,
+    recognise=_recognise,
+    import_files=_import,
+    registry_needs=("clip",),
+    decoding=DECODING,
 )
-VOCABULARY = register(
-    ModelKind(
-        name="sbg-vocabulary",
-        title="SBG vocabulary",
-        formats="an SBG vocabulary (vocabulary.json, or all_labels.pkl + encyclopedia.pkl)",
-        detect=_is_vocabulary,
-        describe=_describe_vocabulary,
-        recognise=_recognise_vocabulary,
-        import_files=_import_vocabulary,
-        convert=Conversion(outputs=(VOCABULARY_FILE,), inputs=PICKLES, run=_convert_vocabulary),
-    )
+VOCABULARY = ModelKind(
+    name="sbg-vocabulary",
+    title="SBG vocabulary",
+    formats="an SBG vocabulary (vocabulary.json, or all_labels.pkl + encyclopedia.pkl)",
+    detect=_is_vocabulary,
+    describe=_describe_vocabulary,
+    recognise=_recognise_vocabulary,
+    import_files=_import_vocabulary,
+    convert=Conversion(outputs=(VOCABULARY_FILE,), inputs=PICKLES, run=_convert_vocabulary),
 )
+#: Registered by icg.captioners.kinds (BUILTIN_MODULES) on first use.
+KINDS = (KIND, VOCABULARY)
