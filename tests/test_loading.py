@@ -253,7 +253,7 @@ def test_model_modules_import_cheaply():
 def test_relative_paths_in_icg_json_are_relative_to_the_model_folder(tmp_path):
     import json
 
-    from icg.models.loading import read_sbg_meta
+    from icg.sbg.kind import read_sbg_meta
 
     (tmp_path / "icg.json").write_text(
         json.dumps({"format": "icg-sbg", "version": 1, "vocabulary": "./vocab/vocabulary.json"})

@@ -293,3 +293,20 @@ def test_vocabulary_conversion_needs_the_published_names():
     ok = parse_registry(_registry(_prefix_entry()))["tiny"]
     assert ok.required_files == ("config.json", "model.safetensors") and ok.required_downloads == ("w.pt",)
     assert parse_registry(_registry(ok.to_dict()))["tiny"] == ok
+
+
+def test_errors_are_one_line_naming_the_file_the_entry_and_the_field(tmp_path):
+    bad_size = _entry()
+    bad_size["sources"][0]["size"] = "big"
+    for entry, field in ((bad_size, "'size'"), (_entry(display_name=None), "'display_name'")):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(_registry(entry)), encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_registry(path)
+        text = str(info.value)
+        assert str(path) in text and "entry 'tiny'" in text and field in text and "\n" not in text
+
+
+def test_null_means_the_default_for_optional_fields():
+    entry = parse_registry(_registry(_entry(requires=None, decoding=None, clip=None)))["tiny"]
+    assert entry.requires == () and dict(entry.decoding) == {} and entry.clip is None

@@ -25,6 +25,7 @@ from torch import nn
 
 from icg.captioners.generation import generate
 from icg.captioners.mappers import MapperConfig, build_mapper, infer_mapper_config
+from icg.captioners.prefix_kind import FORMAT
 from icg.captioners.result import Candidate, CaptionResult
 from icg.config import ClipSpec, DecodingConfig, from_dict, to_dict
 from icg.errors import CheckpointError, ConfigError
@@ -34,7 +35,6 @@ from icg.text import cut_caption, decode_tokens, finish_caption
 
 log = logging.getLogger(__name__)
 
-FORMAT = "icg-clip-prefix"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -7,8 +7,6 @@ import argparse
 import json
 import sys
 
-IMPORT_KINDS = ("clip-prefix", "sbg", "sbg-vocabulary")  # icg.models.importer.IMPORT_KINDS
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -25,6 +23,8 @@ def _add_models_dir(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
+    from icg.models.importer import import_kinds
+
     p = sub.add_parser("models", help="list known models and the models in the models folder")
     _add_models_dir(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
@@ -56,7 +56,7 @@ def register(sub) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--as", dest="model_id", required=True, metavar="ID", help="the model id to install as")
-    p.add_argument("--kind", choices=IMPORT_KINDS, help="what the files are (default: detected)")
+    p.add_argument("--kind", choices=import_kinds(), help="what the files are (default: detected)")
     p.add_argument("--clip", help="the CLIP it was trained on: ARCH/PRETRAINED, a CLIP model id or folder")
     p.add_argument(
         "--normalize",
@@ -164,6 +164,8 @@ def run_import(args: argparse.Namespace) -> int:
     print(f"{verb} {result.id} ({result.kind}) -> {result.folder}")
     print(f"  {result.details}")
     print(f"  files: {', '.join(result.files)}")
-    if result.kind in ("clip-prefix", "sbg"):
+    from icg.captioners import kinds
+
+    if kinds.get(result.kind).captioner:
         print(f"  caption with: python -m icg caption --model {result.id} IMAGE")
     return 0

@@ -178,7 +178,8 @@ def _clip_requirement(clip: Mapping[str, Any] | None, registry: Mapping[str, Mod
 
 def _named_requirements(path: Path, kind: str, registry: Mapping[str, ModelEntry]) -> list[str]:
     """The registry ids a local model's settings name (its CLIP, tokenizer, vocabulary)."""
-    from icg.models.loading import DEFAULT_TOKENIZER, sbg_meta
+    from icg.models.loading import DEFAULT_TOKENIZER
+    from icg.sbg.kind import sbg_meta
 
     if kind == "clip-prefix":
         config: dict[str, Any] = {}
@@ -344,6 +345,6 @@ def manager_inventory(
 
 def captioner_ids(rows: Iterable[ModelStatus]) -> list[str]:
     """The ids of the rows a user can caption with (registry captioners, installed or not, and local ones)."""
-    from icg.models.loading import CAPTIONER_KINDS
+    from icg.captioners import kinds
 
-    return [row.id for row in rows if row.kind in CAPTIONER_KINDS]
+    return [row.id for row in rows if row.kind in kinds.names(captioners_only=True)]

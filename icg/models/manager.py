@@ -271,11 +271,11 @@ class ModelManager:
         own (the WebUI's queue lock): install what the captioner ``name`` needs, with no lock held. With
         ``RuntimeConfig.allow_download`` any failure is raised (``DownloadError``); without, only what
         needs no network is done and the loader later explains what is missing. Cheap when installed."""
-        from icg.models.loading import CAPTIONER_KINDS
+        from icg.captioners import kinds
         from icg.models.registry import load_registry
 
         entry = load_registry().get(name)
-        if entry is not None and entry.kind not in CAPTIONER_KINDS:
+        if entry is not None and entry.kind not in kinds.names(captioners_only=True):
             return  # the loader says what it is instead; nothing to fetch for a wrong name
         if self.runtime.allow_download:
             self.install(name)

@@ -2,14 +2,18 @@
 those files come from.
 
 The catalogue is ``registry.json`` beside this module (package data). Every entry is validated when it is
-loaded; a malformed entry raises ``ConfigError`` naming the entry and the field. Nothing here touches the
+loaded, by building the frozen ``ModelEntry`` / ``ModelSource`` records from it with typed fields
+(``_parse``); a malformed entry raises a one-line ``ConfigError`` naming the file, the entry and the field.
+An entry's ``kind`` is a registered kind (``icg.captioners.kinds``), which also says which fields it
+needs, its decoding defaults and whether it converts. Nothing here touches the
 network or the disk beyond reading the JSON file.
 
 Files: ``files`` lists what the model folder holds once the model is installed (what ``present`` checks
 and what the loaders read). Most entries download exactly those files. An entry with ``convert_from``
 instead downloads the files named there (a torch ``.pt`` state_dict, the SBG vocabulary pickles) and
 converts them once into ``files`` (safetensors + JSON); which converter runs follows from the entry's
-kind (``CONVERTERS``), and the downloaded originals are deleted afterwards unless asked to keep them.
+kind (its ``ModelKind.convert`` in ``icg.captioners.kinds``), and the downloaded originals are deleted
+afterwards unless asked to keep them.
 
 Source semantics: every ``hf`` or ``url`` source provides one downloaded file of the entry (``filename``
 is its local name inside the model folder; for ``hf`` it is also the path inside the repository): a
@@ -20,70 +24,40 @@ browser; they are never fetched, only shown with the import command.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
+from icg.captioners import kinds
 from icg.errors import ConfigError, ModelNotFound
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_PATH = Path(__file__).with_name("registry.json")
 SCHEMA_VERSION = 1
 
-MODEL_KINDS = ("clip-prefix", "sbg", "sbg-vocabulary", "tokenizer", "clip")
 SOURCE_KINDS = ("hf", "url", "manual")
 AUTO_SOURCE_KINDS = ("hf", "url")
 
 # Folder names inside the models folder that a model id may not take.
 RESERVED_IDS = frozenset({"cache", "tmp"})
 
-# Kinds whose downloads may be converted: kind -> (the installed files the converter writes, the names
-# its inputs must have; None when any single file name will do).
-CONVERTERS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = MappingProxyType(
-    {
-        "clip-prefix": (("config.json", "model.safetensors"), None),
-        "sbg-vocabulary": (("vocabulary.json",), ("all_labels.pkl", "encyclopedia.pkl")),
-    }
-)
-
-DEFAULT_DECODING: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {
-        "clip-prefix": MappingProxyType({"strategy": "greedy", "max_new_tokens": 67, "stop": "."}),
-        "sbg": MappingProxyType({"num_candidates": 5, "top_k": 50, "temperature": 1.0}),
-    }
-)
-
 HF_ENDPOINT = "https://huggingface.co"
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_SOURCE_KEYS = frozenset(
-    {"kind", "repo", "filename", "revision", "url", "size", "sha256", "note", "optional"}
-)
-_ENTRY_KEYS = frozenset(
-    {
-        "id",
-        "display_name",
-        "kind",
-        "description",
-        "clip",
-        "normalize",
-        "prefix_length",
-        "decoding",
-        "requires",
-        "files",
-        "convert_from",
-        "sources",
-    }
-)
-_ENTRY_REQUIRED = ("id", "display_name", "kind", "description", "files", "sources")
+_NON_EMPTY = MappingProxyType({"non_empty": True})  # field metadata: a list given must not be empty
 
 
 @dataclass(frozen=True)
@@ -104,6 +78,26 @@ class ModelSource:
     sha256: str | None = None
     note: str = ""
     optional: bool = False
+
+    def check(self) -> None:
+        """Refuse values a registry file may not hold (``ValueError`` naming the field)."""
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source kind must be one of {list(SOURCE_KINDS)}, got {self.kind!r}")
+        for name in ("repo", "url", "revision", "filename"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ValueError(f"{name!r} must be a non-empty string or null")
+        if self.kind == "hf" and self.repo is None:
+            raise ValueError("an 'hf' source needs 'repo'")
+        if self.kind == "url" and not (self.url or "").startswith("https://"):
+            raise ValueError(f"a 'url' source needs an https:// 'url', got {self.url!r}")
+        if self.kind == "manual" and not (self.url or "").startswith(("https://", "http://")):
+            raise ValueError(f"a 'manual' source needs the page 'url', got {self.url!r}")
+        if self.is_auto:
+            _check_relative_path(self.filename, "filename")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"'size' must be a non-negative integer or null, got {self.size!r}")
+        if self.sha256 is not None and not _SHA256_RE.match(self.sha256):
+            raise ValueError(f"'sha256' must be 64 lowercase hex digits or null, got {self.sha256!r}")
 
     @property
     def is_auto(self) -> bool:
@@ -140,14 +134,54 @@ class ModelEntry:
     display_name: str
     kind: str
     description: str
-    files: tuple[str, ...]
-    sources: tuple[ModelSource, ...]
+    files: tuple[str, ...] = field(metadata=_NON_EMPTY)
+    sources: tuple[ModelSource, ...] = field(metadata=_NON_EMPTY)
     clip: Mapping[str, str] | None = None
     normalize: bool = True
     prefix_length: int | None = None
     decoding: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     requires: tuple[str, ...] = ()
-    convert_from: tuple[str, ...] = ()
+    convert_from: tuple[str, ...] = field(default=(), metadata=_NON_EMPTY)
+
+    def check(self) -> None:
+        """Refuse values a registry file may not hold (``ValueError`` naming the field)."""
+        if not _ID_RE.match(self.id) or self.id in RESERVED_IDS:
+            raise ValueError(
+                "'id' must be lowercase letters, digits, '.', '_' or '-' "
+                f"(and not a reserved name: {', '.join(sorted(RESERVED_IDS))})"
+            )
+        if self.kind not in kinds.names():
+            raise ValueError(f"unknown kind {self.kind!r} (known: {', '.join(kinds.names())})")
+        kind = kinds.get(self.kind)
+        if not self.display_name.strip():
+            raise ValueError("'display_name' must be a non-empty string")
+        if self.clip is not None and (
+            set(self.clip) != {"arch", "pretrained"} or not all(self.clip.values())
+        ):
+            raise ValueError(f"'clip' must be {{'arch': ..., 'pretrained': ...}} or null, got {self.clip!r}")
+        for name in kind.registry_needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind!r} model needs {name!r}")
+        if self.prefix_length is not None and self.prefix_length <= 0:
+            raise ValueError(f"'prefix_length' must be a positive integer or null, got {self.prefix_length}")
+        for name in ("files", "convert_from"):
+            names = getattr(self, name)
+            for value in names:
+                _check_relative_path(value, name)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name!r} lists a name twice: {list(names)}")
+        if self.convert_from:
+            _check_conversion(kind, self.files, self.convert_from)
+        field_name = "convert_from" if self.convert_from else "files"
+        for source in self.auto_sources:
+            if source.filename not in self.download_files:
+                listed = list(self.download_files)
+                raise ValueError(f"source file {source.filename!r} is not listed in {field_name!r} {listed}")
+        for name in self.download_files if not self.manual_sources else ():
+            if not self.sources_for(name):
+                raise ValueError(f"file {name!r} has no source (add an 'hf', 'url' or 'manual' source)")
+        if self.convert_from and any(s.optional for s in self.auto_sources):
+            raise ValueError("the inputs of a conversion can't be 'optional'")
 
     @property
     def converted(self) -> bool:
@@ -213,201 +247,94 @@ class ModelEntry:
         }
 
 
-def _fail(where: str, message: str) -> ConfigError:
-    return ConfigError(f"{where}: {message}")
+def _check_relative_path(value: Any, name: str) -> None:
+    path = PurePosixPath(value or "")
+    if not value or "\\" in value or path.is_absolute() or ".." in path.parts or value.startswith("."):
+        raise ValueError(f"{name!r} must hold plain relative file names, got {value!r}")
 
 
-def _optional_str(value: Any, where: str, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(where, f"'{name}' must be a non-empty string or null, got {value!r}")
-    return value
-
-
-def _check_relative_path(value: Any, where: str, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(where, f"'{name}' must be a non-empty string, got {value!r}")
-    path = PurePosixPath(value)
-    if "\\" in value or path.is_absolute() or ".." in path.parts or value.startswith("."):
-        raise _fail(where, f"'{name}' must be a plain relative file name, got {value!r}")
-    return value
-
-
-def _parse_source(raw: Any, where: str) -> ModelSource:
-    if not isinstance(raw, Mapping):
-        raise _fail(where, f"a source must be an object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _SOURCE_KEYS)
-    if unknown:
-        raise _fail(where, f"unknown source field(s) {unknown}")
-    kind = raw.get("kind")
-    if kind not in SOURCE_KINDS:
-        raise _fail(where, f"source kind must be one of {list(SOURCE_KINDS)}, got {kind!r}")
-    repo = _optional_str(raw.get("repo"), where, "repo")
-    url = _optional_str(raw.get("url"), where, "url")
-    revision = _optional_str(raw.get("revision"), where, "revision")
-    filename = raw.get("filename")
-    if kind == "hf":
-        if repo is None:
-            raise _fail(where, "an 'hf' source needs 'repo'")
-        filename = _check_relative_path(filename, where, "filename")
-    elif kind == "url":
-        if url is None or not url.startswith("https://"):
-            raise _fail(where, f"a 'url' source needs an https:// 'url', got {url!r}")
-        filename = _check_relative_path(filename, where, "filename")
-    else:
-        if url is None or not url.startswith(("https://", "http://")):
-            raise _fail(where, f"a 'manual' source needs the page 'url', got {url!r}")
-        filename = _optional_str(filename, where, "filename")
-    size = raw.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise _fail(where, f"'size' must be a non-negative integer or null, got {size!r}")
-    sha256 = raw.get("sha256")
-    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)):
-        raise _fail(where, f"'sha256' must be 64 lowercase hex digits or null, got {sha256!r}")
-    note = raw.get("note", "")
-    if not isinstance(note, str):
-        raise _fail(where, f"'note' must be a string, got {note!r}")
-    optional = raw.get("optional", False)
-    if not isinstance(optional, bool):
-        raise _fail(where, f"'optional' must be true or false, got {optional!r}")
-    return ModelSource(
-        kind=kind,
-        filename=filename,
-        repo=repo,
-        revision=revision,
-        url=url,
-        size=size,
-        sha256=sha256,
-        note=note,
-        optional=optional,
-    )
-
-
-def _parse_entry(raw: Any, index: int) -> ModelEntry:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"model registry entry #{index}: must be an object, got {type(raw).__name__}")
-    model_id = raw.get("id")
-    where = (
-        f"model registry entry {model_id!r}"
-        if isinstance(model_id, str)
-        else f"model registry entry #{index}"
-    )
-    missing = [k for k in _ENTRY_REQUIRED if k not in raw]
-    if missing:
-        raise _fail(where, f"missing field(s) {missing}")
-    unknown = sorted(set(raw) - _ENTRY_KEYS)
-    if unknown:
-        raise _fail(where, f"unknown field(s) {unknown}")
-    if not isinstance(model_id, str) or not _ID_RE.match(model_id) or model_id in RESERVED_IDS:
-        raise _fail(
-            where, "'id' must be lowercase letters, digits, '.', '_' or '-' (and not a reserved name)"
-        )
-    kind = raw["kind"]
-    if kind not in MODEL_KINDS:
-        raise _fail(where, f"unknown kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
-    display_name, description = raw["display_name"], raw["description"]
-    if not isinstance(display_name, str) or not display_name.strip():
-        raise _fail(where, "'display_name' must be a non-empty string")
-    if not isinstance(description, str):
-        raise _fail(where, "'description' must be a string")
-
-    clip = raw.get("clip")
-    if clip is not None:
-        if (
-            not isinstance(clip, Mapping)
-            or set(clip) != {"arch", "pretrained"}
-            or not all(isinstance(v, str) and v for v in clip.values())
-        ):
-            raise _fail(where, f"'clip' must be {{'arch': str, 'pretrained': str}} or null, got {clip!r}")
-        clip = MappingProxyType(dict(clip))
-    elif kind in ("clip-prefix", "sbg", "clip"):
-        raise _fail(where, f"a {kind!r} model needs 'clip'")
-
-    normalize = raw.get("normalize", True)
-    if not isinstance(normalize, bool):
-        raise _fail(where, f"'normalize' must be true or false, got {normalize!r}")
-    prefix_length = raw.get("prefix_length")
-    if prefix_length is not None and (
-        isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length <= 0
-    ):
-        raise _fail(where, f"'prefix_length' must be a positive integer or null, got {prefix_length!r}")
-    if kind == "clip-prefix" and prefix_length is None:
-        raise _fail(where, "a 'clip-prefix' model needs 'prefix_length'")
-
-    decoding = raw.get("decoding") or {}
-    if not isinstance(decoding, Mapping) or not all(isinstance(k, str) for k in decoding):
-        raise _fail(where, f"'decoding' must be an object, got {decoding!r}")
-    decoding = MappingProxyType({**DEFAULT_DECODING.get(kind, {}), **decoding})
-
-    requires = raw.get("requires") or []
-    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
-        raise _fail(where, f"'requires' must be a list of model ids, got {requires!r}")
-
-    files = raw["files"]
-    if not isinstance(files, list) or not files:
-        raise _fail(where, "'files' must be a non-empty list of file names")
-    files = [_check_relative_path(f, where, "files") for f in files]
-    if len(set(files)) != len(files):
-        raise _fail(where, f"'files' lists a name twice: {files}")
-
-    convert_from = _parse_convert_from(raw.get("convert_from"), kind, files, where)
-    downloads = convert_from or files
-    field_name = "convert_from" if convert_from else "files"
-
-    raw_sources = raw["sources"]
-    if not isinstance(raw_sources, list) or not raw_sources:
-        raise _fail(where, "'sources' must be a non-empty list")
-    sources = tuple(_parse_source(s, f"{where}, source #{i}") for i, s in enumerate(raw_sources))
-    for source in sources:
-        if source.is_auto and source.filename not in downloads:
-            raise _fail(where, f"source file {source.filename!r} is not listed in {field_name!r} {downloads}")
-    has_manual = any(s.kind == "manual" for s in sources)
-    for name in downloads:
-        if not has_manual and not any(s.is_auto and s.filename == name for s in sources):
-            raise _fail(where, f"file {name!r} has no source (add an 'hf', 'url' or 'manual' source)")
-    if convert_from and any(s.optional for s in sources if s.is_auto):
-        raise _fail(where, "the inputs of a conversion can't be 'optional'")
-
-    return ModelEntry(
-        id=model_id,
-        display_name=display_name,
-        kind=kind,
-        description=description,
-        files=tuple(files),
-        sources=sources,
-        clip=clip,
-        normalize=normalize,
-        prefix_length=prefix_length,
-        decoding=decoding,
-        requires=tuple(requires),
-        convert_from=tuple(convert_from),
-    )
-
-
-def _parse_convert_from(value: Any, kind: str, files: list[str], where: str) -> list[str]:
-    """Validate ``convert_from``: only for kinds with a converter, which fixes ``files`` (and maybe the
-    input names)."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not value:
-        raise _fail(where, "'convert_from' must be a non-empty list of file names")
-    names = [_check_relative_path(v, where, "convert_from") for v in value]
-    if len(set(names)) != len(names):
-        raise _fail(where, f"'convert_from' lists a name twice: {names}")
-    if kind not in CONVERTERS:
-        raise _fail(where, f"a {kind!r} model can't have 'convert_from' (only {', '.join(CONVERTERS)})")
-    outputs, inputs = CONVERTERS[kind]
+def _check_conversion(kind: kinds.ModelKind, files: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """``convert_from`` only for kinds with a converter, which fixes ``files`` (and maybe the inputs)."""
+    conversion = kind.convert
+    if conversion is None:
+        can = ", ".join(k.name for k in kinds.kinds() if k.convert is not None)
+        raise ValueError(f"a {kind.name!r} model can't have 'convert_from' (only {can})")
+    outputs, inputs = conversion.outputs, conversion.inputs
     if sorted(files) != sorted(outputs):
-        raise _fail(where, f"a converted {kind!r} model installs {list(outputs)}, so 'files' must be that")
+        raise ValueError(f"a converted {kind.name!r} model installs {list(outputs)}: 'files' must be that")
     if inputs is None and len(names) != 1:
-        raise _fail(where, f"a {kind!r} conversion reads one file, 'convert_from' names {names}")
+        raise ValueError(f"a {kind.name!r} conversion reads one file, 'convert_from' names {list(names)}")
     if inputs is not None and sorted(names) != sorted(inputs):
-        raise _fail(where, f"a {kind!r} conversion reads {list(inputs)}, 'convert_from' names {names}")
-    overlap = sorted(set(names) & set(files))
-    if overlap:
-        raise _fail(where, f"{overlap} can't be both converted and installed")
-    return names
+        raise ValueError(f"a {kind.name!r} conversion reads {list(inputs)}, not {list(names)}")
+    if set(names) & set(files):
+        raise ValueError(f"{sorted(set(names) & set(files))} can't be both converted and installed")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _value(tp: Any, value: Any, where: str, name: str) -> Any:
+    """``value`` (parsed JSON) as field type ``tp``: lists become tuples, objects read-only mappings,
+    nested records are parsed; ``ConfigError`` naming the field otherwise."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _value(next(a for a in args if a is not type(None)), value, where, name)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {name!r} must be a list, got {value!r}")
+        return tuple(_value(args[0], v, f"{where}, {name} #{i}", name) for i, v in enumerate(value))
+    if origin is Mapping:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: {name!r} must be an object, got {value!r}")
+        if args[1] is str and not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: {name!r} must map names to strings, got {value!r}")
+        return MappingProxyType(dict(value))
+    if dataclasses.is_dataclass(tp):
+        return _parse(tp, value, where)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {name!r} must be {_TYPE_NAMES[tp]}, got {value!r}")
+    return value
+
+
+def _parse(cls: type[_T], raw: Any, where: str) -> _T:
+    """Dataclass ``cls`` from a JSON object, the way ``icg.config.from_dict`` builds settings, with every
+    field checked against its type: unknown and missing fields are refused, a list given for a
+    ``_NON_EMPTY`` field must not be empty, then the record's ``check()`` checks the values. Each error is one
+    line naming ``where`` and the field."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be an object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}")
+    required = {n for n, f in fields.items() if f.default is f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {missing}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        if value == [] and fields[name].metadata.get("non_empty"):
+            raise ConfigError(f"{where}: {name!r} must be a non-empty list")
+        if value is None and name not in required and type(None) not in typing.get_args(hints[name]):
+            continue  # null for a field with a default means the default
+        values[name] = _value(hints[name], value, where, name)
+    record = cls(**values)
+    try:
+        record.check()
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return record
+
+
+def _parse_entry(raw: Any, index: int, origin: str) -> ModelEntry:
+    model_id = raw.get("id") if isinstance(raw, Mapping) else None
+    where = f"{origin}: entry {model_id!r}" if isinstance(model_id, str) else f"{origin}: entry #{index}"
+    entry = _parse(ModelEntry, raw, where)
+    decoding = MappingProxyType({**kinds.get(entry.kind).decoding, **entry.decoding})
+    return dataclasses.replace(entry, decoding=decoding)  # the kind's defaults under the entry's own
 
 
 def parse_registry(data: Any, origin: str = "model registry") -> dict[str, ModelEntry]:
@@ -427,18 +354,16 @@ def parse_registry(data: Any, origin: str = "model registry") -> dict[str, Model
         raise ConfigError(f"{origin}: 'models' must be a list")
     entries: dict[str, ModelEntry] = {}
     for index, raw in enumerate(models):
-        entry = _parse_entry(raw, index)
+        entry = _parse_entry(raw, index, origin)
         if entry.id in entries:
-            raise ConfigError(f"{origin}: model registry entry {entry.id!r} appears twice (duplicate id)")
+            raise ConfigError(f"{origin}: entry {entry.id!r} appears twice (duplicate id)")
         entries[entry.id] = entry
     for entry in entries.values():
         for dep in entry.requires:
             if dep not in entries:
-                raise ConfigError(
-                    f"{origin}: model registry entry {entry.id!r} requires unknown model {dep!r}"
-                )
+                raise ConfigError(f"{origin}: entry {entry.id!r} requires unknown model {dep!r}")
             if dep == entry.id:
-                raise ConfigError(f"{origin}: model registry entry {entry.id!r} requires itself")
+                raise ConfigError(f"{origin}: entry {entry.id!r} requires itself")
     return entries
 
 

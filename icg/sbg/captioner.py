@@ -482,7 +482,7 @@ def load_sbg_captioner(
 ) -> SbgCaptioner:
     """An ``SbgCaptioner`` for a resolved SBG model: a GPT-2 folder (``config.json`` +
     ``model.safetensors``) and its settings (``resolved.meta``: registry facts > ``icg.json`` > defaults,
-    see ``icg.models.loading.sbg_meta``).
+    see ``icg.sbg.kind.sbg_meta``).
 
     ``vocabulary`` (a ``vocabulary.json``, a folder or an id), else the runtime's (``--vocabulary``),
     overrides the model's. The CLIP is the manager's shared encoder, asked for only when text must be
@@ -490,12 +490,13 @@ def load_sbg_captioner(
     any CLIP.
     """
     from icg.models import loading
+    from icg.sbg.kind import sbg_meta
 
     folder = Path(resolved.path)
     entry = resolved.entry
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: an SBG model is a GPT-2 folder (config.json + model.safetensors)")
-    meta = dict(resolved.meta) if resolved.meta else loading.sbg_meta(folder, entry)
+    meta = dict(resolved.meta) if resolved.meta else sbg_meta(folder, entry)
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError(
             f"{folder}: no model.safetensors (ICG reads SBG weights from safetensors only; "
