@@ -523,6 +523,7 @@ def test_stop_ends_the_run_and_only_one_runs_at_a_time(manager, models, tmp_path
     job = controller.start(options)
     with pytest.raises(ConfigError, match="already running"):
         controller.start(options)
+    assert service.waiting.wait(60)  # running (a queued job would stop without running at all)
     assert "stopping" not in controller.render(job.snapshot())[0]
     assert controller.stop().startswith("Stopping")
     assert "(stopping after the current images)" in controller.render(job.snapshot())[0]
@@ -531,7 +532,7 @@ def test_stop_ends_the_run_and_only_one_runs_at_a_time(manager, models, tmp_path
     summary = job.snapshot()["summary"]
     assert summary["stopped"] and summary["processed"] == 0
     progress, _ = controller.render(job.snapshot(results=True))
-    assert progress.startswith("Stopped: 0 of 4 images") or progress == "Stopped before it started."
+    assert progress.startswith("Stopped: 0 of 4 images"), progress
     assert not list((tmp_path / "photos").glob("*.txt"))
     # Once it has ended, a new run may start.
     second = controller.start(options)
@@ -564,6 +565,26 @@ def test_a_run_queued_behind_another_job_says_so_and_lists_it(service, models, t
     progress, *_ = list(stream)[-1]
     assert progress.startswith("Done: 1 of 1 images"), progress
     assert other.finished
+
+
+def test_a_run_stopped_while_queued_never_starts(service, models, tmp_path, registry):
+    fill_folder(tmp_path / "photos", 1)
+    gate, started = threading.Event(), threading.Event()
+
+    def other(job):
+        started.set()
+        assert gate.wait(60)
+        return {}
+
+    registry.submit(other, kind="autocaption")
+    assert started.wait(60)
+    controller = BatchController(service, registry=registry)
+    inputs = BatchInputs(folder=str(tmp_path / "photos"), model=models["prefix"])
+    job = controller.start(controller.options(inputs, DecodingInputs()))
+    assert controller.stop().startswith("Stopping")
+    assert job.finished and controller.render(job.snapshot())[0] == "Stopped before it started."
+    gate.set()
+    assert not list((tmp_path / "photos").glob("*.txt"))
 
 
 def test_stream_follows_changes_not_the_clock(registry):
