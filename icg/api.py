@@ -519,7 +519,12 @@ def mount_api(
             prompt = template.compose(result.caption, [k.text for k in result.keywords])
             return caption_payload(result, prompt)
 
-        return guarded(work)
+        def in_snapshot() -> dict[str, Any]:
+            snapshot = getattr(service, "snapshot", None)  # the WebUI's: one reading of its settings
+            with snapshot() if snapshot is not None else contextlib.nullcontext():
+                return work()
+
+        return guarded(in_snapshot)
 
     @router.post("/batch", response_model=JobOut, status_code=202)
     def start_batch(request: BatchRequest) -> dict[str, Any]:
@@ -531,9 +536,9 @@ def mount_api(
         def work() -> dict[str, Any]:
             model = check_model(service, request.model)
             options = batch_options(service, request, model)
-            total = len(service.plan_batch(options).todo)  # fails fast on an unreadable folder
-            work = batch_work(service, options, lock)
-            job = registry.submit(work, kind="batch", total=total, label=str(options.root))
+            plan = service.plan_batch(options)  # fails fast on an unreadable folder; walked once
+            work = batch_work(service, options, lock, plan)
+            job = registry.submit(work, kind="batch", total=len(plan.todo), label=str(options.root))
             return job.snapshot()
 
         return guarded(work)

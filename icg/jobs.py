@@ -416,10 +416,12 @@ class Feed:
 
 
 # ---------------------------------------------------------------------------------- folder batches
-def batch_work(service: Any, options: Any, lock: Any = None) -> Callable[[Job], dict[str, Any]]:
+def batch_work(
+    service: Any, options: Any, lock: Any = None, plan: Any = None
+) -> Callable[[Job], dict[str, Any]]:
     """The job function of a folder batch (the Batch tab's and the API's): ``service.run_batch`` under
-    ``lock`` (if given), with its progress and each image's result reported on the job; returns the
-    summary as JSON-ready data."""
+    ``lock`` (if given; ``plan``: the folder's plan when the caller already made it), with its progress
+    and each image's result reported on the job; returns the summary as JSON-ready data."""
 
     def work(job: Job) -> dict[str, Any]:
         def on_progress(done: int, total: int, info: Mapping[str, Any] | None = None) -> None:
@@ -434,7 +436,7 @@ def batch_work(service: Any, options: Any, lock: Any = None) -> Callable[[Job], 
             if job.should_stop():
                 return {"stopped": True}
             summary = service.run_batch(
-                options, on_progress=on_progress, should_stop=job.should_stop, on_result=on_result
+                options, on_progress=on_progress, should_stop=job.should_stop, on_result=on_result, plan=plan
             )
         return summary_dict(summary)
 

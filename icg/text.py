@@ -8,6 +8,37 @@ CAPTION_STYLES = ("clean", "published")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters but whitespace
 
 
+#: transformers 4.x's ``clean_up_tokenization`` (what the predecessor's captions went through), in its
+#: order. transformers 5 dropped it for GPT-2, so ICG applies it itself: the same ids give the same text on
+#: every supported transformers.
+_CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def clean_up_spaces(text: str) -> str:
+    """Spaces before punctuation and English contractions removed, as transformers 4.x decoded GPT-2."""
+    for old, new in _CLEAN_UP:
+        text = text.replace(old, new)
+    return text
+
+
+def decode_tokens(tokenizer, ids) -> str:
+    """GPT-2 token ids -> text, special tokens hidden, cleaned up by ICG (not by the library's default,
+    which differs between transformers 4 and 5)."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return clean_up_spaces(text)
+
+
 def cut_caption(text: str, stop: str | None = ".") -> str:
     """The decoded text up to the first stop string, stripped (the predecessor's rule)."""
     if stop:

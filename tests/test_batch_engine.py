@@ -572,23 +572,3 @@ def test_options_to_dict_is_json_ready(tmp_path):
     data = options(tmp_path, manifest=tmp_path / "m.csv", extensions=("png",)).to_dict()
     assert json.loads(json.dumps(data))["manifest"] == str(tmp_path / "m.csv")
     assert data["extensions"] == [".png"] and data["template"]["template"] == BATCH_TEMPLATE
-
-
-# ---------------------------------------------------------------------------------------------- benchmark
-
-
-def test_folder_benchmark_suite_runs_the_engine_at_both_batch_sizes():
-    import torch
-
-    from icg.batch.bench import bench_folder
-    from icg.bench import BenchContext
-
-    ctx = BenchContext(torch.device("cpu"), torch.float32, "tiny", batch=2, tokens=2, quick=True)
-    part = bench_folder(ctx)
-    rows = part["seconds_per_image"]
-    assert {"folder_b1", "folder_b2", "folder_image_decode_1_thread", "folder_b2_model"} <= set(rows)
-    assert all(value > 0 for key, value in rows.items() if "waiting" not in key)
-    assert part["ratios"]["folder: b1 / b2"] == pytest.approx(rows["folder_b1"] / rows["folder_b2"])
-    assert part["ratios"]["folder b2: images per second"] == pytest.approx(1 / rows["folder_b2"])
-    assert list(part["checks"].values()) == [True]  # all 8 images captioned at both sizes
-    assert "-bound" in part["notes"]["folder"]

@@ -1,4 +1,4 @@
-"""The WebUI boundary: only icg/webui.py (and scripts/) may import the WebUI's ``modules`` or ``launch``;
+"""The WebUI boundary: only icg/webui/host.py (and scripts/) may import the WebUI's ``modules`` or ``launch``;
 scripts/ only register callbacks; the adapter and the API import nothing heavy at import time."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_PACKAGES = {"modules", "launch"}
-ADAPTER = ROOT / "icg" / "webui.py"
+ADAPTER = ROOT / "icg" / "webui" / "host.py"
 
 
 def host_imports(path: Path, root: Path = ROOT) -> list[str]:

@@ -110,40 +110,7 @@ def test_doctor_runs_offline(tmp_path, capsys):
     assert "smoke caption on tiny random models: ok" in out and str(tmp_path) in out
 
 
-def test_bench_tiny_quick_reports_ratios(capsys):
-    assert (
-        main(
-            [
-                "bench",
-                "--size",
-                "tiny",
-                "--quick",
-                "--batch",
-                "4",
-                "--tokens",
-                "5",
-                "--suite",
-                "prefix",
-                "--json",
-            ]
-        )
-        == 0
-    )
-    report = json.loads(capsys.readouterr().out)
-    assert report["checks"] == {"greedy tokens identical to the predecessor loop (2 images)": True}
-    assert {"decode_predecessor_b1", "decode_library_b1", "decode_library_b4"} <= set(
-        report["seconds_per_image"]
-    )
-    assert all(v > 0 for v in report["ratios"].values())
-
-
-def test_bench_suite_names_match_the_registry():
-    from icg.bench import SUITES
-    from icg.commands.bench import SUITE_NAMES
-
-    assert tuple(SUITES) == SUITE_NAMES
-
-
+@pytest.mark.slow  # a Python process that imports torch and builds every tiny model
 def test_fixtures_module_writes_its_manifest(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "tests.fixtures", str(tmp_path / "fx")],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -163,18 +162,16 @@ def test_real_offline_download_from_a_subprocess_is_fast(tmp_path):
         "HOME": str(tmp_path),
         "ICG_OFFLINE": "1",
     }
-    start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "icg", "download", "sbg-vocabulary"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60,  # "fast": no retries against an unreachable host (subprocess.run raises past it)
         check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert time.monotonic() - start < 60
     [line] = result.stderr.strip().splitlines()
     assert "all_labels.pkl" in line and "raw.githubusercontent.com/Anshler/ICG_sd_extension" in line
     assert "python -m icg import FOLDER --as sbg-vocabulary" in line

@@ -36,3 +36,22 @@ def test_clean_style(text, clean):
 
 def test_published_style_is_the_predecessors():
     assert finish_caption(" a dog runs ", style="published") == "a dog runs ."
+
+
+def test_the_same_ids_give_the_same_text_on_every_transformers():
+    """transformers 4.x cleaned up spaces when decoding GPT-2 ids and 5.x does not: ICG cleans up itself.
+    The ids are spelled out, so this checks the text for fixed ids on each dependency set CI runs."""
+    from icg.text import decode_tokens
+    from icg.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer.encode("a dog 's ball , and the man 's hat .")
+    assert decode_tokens(tokenizer, ids) == "a dog's ball, and the man's hat."
+    assert decode_tokens(tokenizer, [*ids, tokenizer.eos_token_id]) == "a dog's ball, and the man's hat."
+
+
+def test_clean_up_follows_transformers_4():
+    from icg.text import clean_up_spaces
+
+    assert clean_up_spaces("it is n't , we 're here , I 'm sure !") == "it isn't, we're here, I'm sure!"
+    assert clean_up_spaces("a dog runs .") == "a dog runs."

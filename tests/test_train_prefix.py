@@ -44,6 +44,7 @@ def trained(env):
     return run
 
 
+@pytest.mark.slow  # the trained fixture: 30 epochs of training
 def test_loss_falls_and_the_log_has_throughput(trained):
     log = read_log(trained)
     epochs = [e for e in log if e.get("kind") == "epoch"]
@@ -53,6 +54,7 @@ def test_loss_falls_and_the_log_has_throughput(trained):
     assert all(e["samples_per_s"] > 0 for e in log)
 
 
+@pytest.mark.slow
 def test_the_model_reproduces_its_training_captions(env, trained):
     tok = fixtures.tiny_tokenizer()
     model, cfg = load_prefix_model(trained / "epoch-030")
@@ -67,6 +69,7 @@ def test_the_model_reproduces_its_training_captions(env, trained):
     assert sum(hits) >= 7, [r.caption for r in results]
 
 
+@pytest.mark.slow
 def test_the_checkpoint_captions_through_the_caption_command(env, trained, capsys):
     images = [str(p) for p in sorted((env["data"] / "Images").iterdir())[:3]]
     capsys.readouterr()

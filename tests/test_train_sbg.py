@@ -53,11 +53,13 @@ def trained(env):
     return run / "epoch-030"
 
 
+@pytest.mark.slow  # the trained fixture: 30 epochs of training
 def test_loss_falls(trained):
     epochs = [e for e in read_log(trained.parent) if e.get("kind") == "epoch"]
     assert len(epochs) == 30 and epochs[0]["loss"] > 4.0 and epochs[-1]["loss"] < 0.5
 
 
+@pytest.mark.slow
 def test_the_checkpoint_is_an_hf_folder_with_its_settings(env, trained):
     names = {p.name for p in trained.iterdir()}
     assert {"config.json", "model.safetensors", "icg.json", "tokenizer.json"} <= names
@@ -67,6 +69,7 @@ def test_the_checkpoint_is_an_hf_folder_with_its_settings(env, trained):
     assert json.loads(Path(settings["vocabulary"]).read_text())["format"] == "icg-sbg-vocabulary"
 
 
+@pytest.mark.slow
 def test_the_keywords_bring_back_the_training_captions(env, trained):
     manager = ModelManager(RuntimeConfig(device="cpu", models_dir=str(env["models"])))
     captioner = manager.captioner(str(trained))
@@ -78,6 +81,7 @@ def test_the_keywords_bring_back_the_training_captions(env, trained):
     assert hits >= 7
 
 
+@pytest.mark.slow
 def test_the_checkpoint_captions_images_through_the_caption_command(env, trained, capsys):
     image = sorted((env["data"] / "Images").iterdir())[0]
     capsys.readouterr()

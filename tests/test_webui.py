@@ -1,4 +1,4 @@
-"""The WebUI adapter (icg/webui.py) and scripts/*.py against a fake ``modules`` package (tests/webui_fakes)
+"""The WebUI adapter (icg/webui/) and scripts/*.py against a fake ``modules`` package (tests/webui_fakes)
 with the WebUI's real signatures: callbacks registered, settings, the tab built under the installed gradio,
 Send-to and Append buttons, the img2img button, device etiquette, shared.state jobs, the API mount and
 auto-captions, driven with the fixture models."""
@@ -6,7 +6,6 @@ auto-captions, driven with the fixture models."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from fastapi import FastAPI
@@ -91,8 +90,8 @@ class Env:
         self.shared.opts.icg_default_model = self.files["clip_prefix_pt"]
         self.shared.opts.icg_max_new_tokens = 4
         if manager is not None:
-            self.service = self.adapter.WebUIService(manager, models=(self.files["clip_prefix_pt"],))
-            self.adapter.set_service(self.service)
+            self.service = self.adapter.service.WebUIService(manager, models=(self.files["clip_prefix_pt"],))
+            self.adapter.service.set_service(self.service)
         return self
 
 
@@ -105,13 +104,13 @@ def webui_env(files, models_dir, tmp_path, monkeypatch, request):
     with fake_webui(**flags) as modules:
         from icg import webui as adapter
 
-        adapter.reset_service()
+        adapter.service.reset_service()
         try:
             yield Env(modules=modules, adapter=adapter, files=files, tmp=tmp_path)
         finally:
-            adapter.set_service(None)
-            adapter._COMPONENTS.clear()
-            adapter._AUTOCAPTIONER = None
+            adapter.service.set_service(None)
+            adapter.tab._COMPONENTS.clear()
+            adapter.autocaption._AUTOCAPTIONER = None
 
 
 def events(blocks):
@@ -158,13 +157,38 @@ def test_settings_section_keys_and_defaults(webui_env):
     assert env.shared.opts.icg_autocaption is False
     assert env.shared.opts.icg_keep_models_in_memory is False
     assert env.shared.opts.icg_sidecar_policy == "skip"
-    assert {f"icg_{f.name}" for f in dataclasses.fields(env.adapter.Settings)} == ICG_KEYS
+    assert {f"icg_{f.name}" for f in dataclasses.fields(env.adapter.settings.Settings)} == ICG_KEYS
     assert "icg_models_dir" in env.shared.restricted_opts
     assert labels["icg_models_dir"].component_args == {"visible": True}
     choices = labels["icg_default_model"].component_args()["choices"]
     assert choices[0] == env.files["clip_prefix_pt"]  # the default model setting comes first
     assert "sbg-tiny" in choices and "clip-prefix-flickr8k" in choices
     assert labels["icg_autocaption_model"].component_args()["choices"][0] == "default"
+
+
+def test_option_settings_are_rendered_from_the_option_schema(webui_env):
+    from icg.webui.settings import OPTION_SETTINGS, UNSET
+
+    env = webui_env.start()
+    labels = env.shared.opts.data_labels
+    for name, option in OPTION_SETTINGS.items():
+        info = labels[f"icg_{name}"]
+        assert info.label.startswith(option.label), name
+        args = info.component_args or {}
+        if option.choices:
+            assert [c for c in args["choices"] if c != "model default"] == list(option.choices), name
+        elif "maximum" in args:
+            assert args["maximum"] == option.maximum, name
+            assert args["minimum"] == (0 if name in UNSET else option.minimum), name
+
+
+def test_out_of_bounds_settings_fall_back_to_the_model_default(webui_env):
+    env = webui_env.start()
+    env.shared.opts.icg_num_candidates = 999  # an edited config.json
+    env.shared.opts.icg_strategy = "beam"
+    env.shared.opts.icg_num_beams = 3
+    overrides = env.adapter.settings.Settings.read().decoding_overrides()
+    assert "num_samples" not in overrides and overrides["num_beams"] == 3
 
 
 @pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
@@ -212,7 +236,7 @@ def test_tab_builds_with_send_and_append_buttons(webui_env, manager):
 def test_tab_panels_drive_the_webui_service(webui_env, manager, tmp_path):
     """The panels' own controllers, as the page calls them, run as WebUI jobs with the settings."""
     env = webui_env.start(manager)
-    parts = env.adapter.build_tab()
+    parts = env.adapter.tab.build_tab()
     caption = parts.panels.caption
     values = [c.value for c in caption.decoding.inputs()] + [c.value for c in caption.prompt_inputs]
     image = Image.new("RGB", (40, 30), (10, 90, 160))
@@ -230,7 +254,9 @@ def test_tab_panels_drive_the_webui_service(webui_env, manager, tmp_path):
     job = parts.panels.batch.controller.start(
         BatchOptions(root=folder, model=env.files["clip_prefix_pt"], decoding={"max_new_tokens": 3})
     )
-    assert job.wait(120) and job.error is None and job.summary.captioned == 2
+    assert job.wait(120)
+    snapshot = job.snapshot()
+    assert snapshot["error"] is None and snapshot["summary"]["captioned"] == 2
     assert env.shared.state.history[-2:] == [("begin", "icg-batch"), ("end", "icg-batch")]
     assert (folder / "img0.txt").is_file() and (folder / "img1.txt").is_file()
 
@@ -238,24 +264,24 @@ def test_tab_panels_drive_the_webui_service(webui_env, manager, tmp_path):
 def test_tab_defaults_follow_the_webui(webui_env, manager):
     env = webui_env.start(manager)
     env.shared.opts.outdir_samples = str(env.tmp / "my-outputs")
-    parts = env.adapter.build_tab()
+    parts = env.adapter.tab.build_tab()
     assert parts.panels.batch.folder.value == str(env.tmp / "my-outputs")
     assert parts.append_buttons == {}  # no prompt boxes were built: nothing to append to
     env.shared.opts.outdir_samples = ""
     webui_root = env.tmp / "webui" / "outputs"
-    assert env.adapter.default_output_folder() == str(webui_root)
+    assert env.adapter.tab.default_output_folder() == str(webui_root)
 
 
 @pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
 def test_tab_under_hide_ui_dir_config_fixes_the_folders(webui_env, manager):
     env = webui_env.start(manager)
-    parts = env.adapter.build_tab()
+    parts = env.adapter.tab.build_tab()
     assert parts.panels.batch.folder.interactive is False
     assert parts.panels.batch.controller.defaults.allow_folders is False
 
 
 def test_append_prompt_keeps_what_is_there():
-    from icg.webui import append_prompt
+    from icg.webui.tab import append_prompt
 
     assert append_prompt("a castle, night", "a dog, night") == "a castle, night, a dog"
     assert append_prompt("", "a dog") == "a dog"
@@ -306,12 +332,12 @@ def test_failed_job_still_ends_the_state_job(webui_env, manager):
 @pytest.mark.parametrize("webui_env", [{"no_half": True, "use_cpu": ["interrogate"]}], indirect=True)
 def test_runtime_follows_the_flags(webui_env, files, models_dir, tmp_path):
     env = webui_env.start()
-    runtime = env.adapter.runtime_config()
+    runtime = env.adapter.service.runtime_config()
     assert runtime.device == "cpu" and runtime.dtype == "float32"
     assert runtime.models_dir == str(models_dir) and runtime.allow_download is False
     manager = make_manager(files, models_dir, dtype="auto")
-    service = env.adapter.WebUIService(manager)
-    env.adapter.refresh_manager(service)
+    service = env.adapter.service.WebUIService(manager)
+    env.adapter.service.refresh_manager(service)
     assert service.manager is not manager and service.manager.runtime.dtype == "float32"
     assert service.manager.runtime.clip == files["clip_dir"]  # the overrides carry over
 
@@ -319,11 +345,11 @@ def test_runtime_follows_the_flags(webui_env, files, models_dir, tmp_path):
 def test_models_folder_precedence(webui_env, tmp_path):
     env = webui_env.start()
     env.shared.opts.icg_models_dir = str(tmp_path / "from-setting")
-    assert str(env.adapter.models_root()) == env.shared.cmd_opts.icg_models_dir  # the flag wins
+    assert str(env.adapter.service.models_root()) == env.shared.cmd_opts.icg_models_dir  # the flag wins
     env.shared.cmd_opts.icg_models_dir = None
-    assert env.adapter.models_root() == tmp_path / "from-setting"
+    assert env.adapter.service.models_root() == tmp_path / "from-setting"
     env.shared.opts.icg_models_dir = ""
-    assert env.adapter.models_root() == tmp_path / "webui" / "models" / "icg"
+    assert env.adapter.service.models_root() == tmp_path / "webui" / "models" / "icg"
 
 
 def test_batch_job_reports_progress_and_honours_interrupt(webui_env, manager, tmp_path):
@@ -404,7 +430,7 @@ def test_img2img_caption_merges_into_the_prompt(webui_env, manager, mode, expect
     env.shared.opts.icg_prompt_mode = mode
     env.shared.opts.icg_template = "{caption}"
     image = Image.new("RGB", (40, 30), (90, 90, 200))
-    result = env.adapter.img2img_caption(0, "a castle", image, None, None)
+    result = env.adapter.img2img.img2img_caption(0, "a castle", image, None, None)
     caption = env.service.caption(image, env.files["clip_prefix_pt"]).caption.rstrip(".")
     assert result == expected.format(c=caption)
 
@@ -433,7 +459,7 @@ def test_img2img_button_reads_forge_canvas_backgrounds(webui_env, manager):
 
 def test_img2img_caption_picks_the_current_mode_image(webui_env):
     from icg.errors import ConfigError
-    from icg.webui import img2img_caption, pick_image
+    from icg.webui.img2img import img2img_caption, pick_image
 
     a, b = Image.new("RGB", (8, 8)), Image.new("RGB", (9, 9))
     assert pick_image(1, a, {"image": b, "mask": None}) is b
@@ -473,6 +499,20 @@ def test_api_mounted_with_the_webui_auth_and_lock(webui_env, manager):
     from modules import call_queue
 
     assert not call_queue.queue_lock.locked()
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True}], indirect=True)
+def test_an_api_caption_reads_the_settings_once(webui_env, manager, monkeypatch):
+    env = webui_env.start(manager)
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    settings = env.adapter.settings.Settings
+    reads = []
+    original = settings.read.__func__
+    monkeypatch.setattr(settings, "read", classmethod(lambda cls: reads.append(1) or original(cls)))
+    response = TestClient(app).post("/icg/v1/caption", json={"image": png_base64()})
+    assert response.status_code == 200, response.text
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize("webui_env", [{"api": True, "api_auth": "nocolon"}], indirect=True)
@@ -520,14 +560,14 @@ def test_api_queue_lock_waits_for_generation(webui_env, manager):
 # ------------------------------------------------------------------------------------------ models panel
 def test_models_panel_rows_download_and_unload(webui_env, manager):
     env = webui_env.start(manager)
-    rows = {r[0].replace(" (default)", ""): r for r in env.adapter.model_rows(env.service)}
+    rows = {r[0].replace(" (default)", ""): r for r in env.adapter.models_panel.model_rows(env.service)}
     assert rows[env.files["clip_prefix_pt"]][2] == "yes"
     assert rows["sbg-tiny"][1] == "sbg" and rows["sbg-tiny"][2] == "yes"
     assert rows["clip-prefix-flickr8k"][2].startswith("no")
     from icg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="offline"):
-        env.adapter.download_models(env.service, "clip-prefix-flickr8k")
+        env.adapter.models_panel.download_models(env.service, "clip-prefix-flickr8k")
     env.service.caption(Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"])
     assert manager.loaded()["captioners"]
     env.service.unload()
@@ -547,7 +587,7 @@ def _save(env, folder, name="00001-123.png"):
 def test_autocaption_is_off_by_default(webui_env, manager, tmp_path):
     env = webui_env.start(manager)
     path = _save(env, tmp_path / "out")
-    assert env.adapter._AUTOCAPTIONER is None or env.adapter.autocaptioner().join(60)
+    assert env.adapter.autocaption._AUTOCAPTIONER is None or env.adapter.autocaption.autocaptioner().join(60)
     assert not path.with_suffix(".txt").exists()
 
 
@@ -559,17 +599,25 @@ def test_autocaption_writes_a_sidecar_in_the_background(webui_env, manager, tmp_
     from modules import call_queue
 
     call_queue.queue_lock.acquire()  # the generation that saved the image still runs
-    started = time.monotonic()
     paths = [_save(env, tmp_path / "out", f"0000{i}-1.png") for i in range(3)]
     grid = _save(env, tmp_path / "out", "grid-0001.png")
-    assert time.monotonic() - started < 30  # the callbacks returned without captioning
+    worker = env.adapter.autocaption.autocaptioner()
+    # The callbacks returned; the captions wait (as jobs of the process's registry) for the generation.
+    assert not worker.join(0)
     assert not any(p.with_suffix(".caption").exists() for p in paths)
+    from icg.jobs import registry
+
+    waiting = worker.jobs()
+    assert waiting and all(job.kind == "autocaption" and not job.finished for job in waiting)
+    assert all(registry().get(job.id) is job for job in waiting)
     call_queue.queue_lock.release()
-    worker = env.adapter.autocaptioner()
     assert worker.join(120)
     for path in paths:
         assert path.with_suffix(".caption").read_text(encoding="utf-8").strip()
-    assert not worker.errors and len(worker.written) == 3
+    summaries = [job.snapshot()["summary"] for job in worker.jobs()]
+    assert sum(s["written"] for s in summaries) == 3 and sum(s["failed"] for s in summaries) == 0
+    rows = [row for job in worker.jobs() for row in job.snapshot(results=True)["results"]]
+    assert sorted(row["key"] for row in rows) == sorted(str(p) for p in paths)
     assert not grid.with_suffix(".caption").exists()
     assert env.shared.state.history == []  # no shared.state job: it must not disturb the next generation
 
@@ -582,5 +630,5 @@ def test_autocaption_never_touches_the_webui_parameter_files(webui_env, manager,
     folder.mkdir()
     (folder / "00002-5.txt").write_text("Steps: 20\n", encoding="utf-8")
     _save(env, folder, "00002-5.png")
-    assert env.adapter.autocaptioner().join(60)
+    assert env.adapter.autocaption.autocaptioner().join(60)
     assert (folder / "00002-5.txt").read_text(encoding="utf-8") == "Steps: 20\n"

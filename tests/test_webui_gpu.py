@@ -21,7 +21,7 @@ def test_cuda_models_leave_the_gpu_after_each_job_unless_kept(flags, tmp_path):
     with fake_webui(icg_models_dir=str(models_dir), icg_offline=True, **flags):
         from modules import devices, script_callbacks, shared
 
-        from icg import webui
+        from icg.webui import service as webui
 
         load_script("icg_tab")  # registers the callbacks; the settings UI (gradio) is not needed here
         assert script_callbacks.callback_map["callbacks_ui_settings"]

@@ -216,7 +216,7 @@ class BatchPlan:
     root: Path
     items: tuple[PlanItem, ...]
     output_dir: Path | None
-    manifest_rows_done: int = 0
+    done_keys: frozenset[str] = frozenset()  # the manifest's finished images the plan was made with
 
     @property
     def todo(self) -> list[PlanItem]:
@@ -397,7 +397,7 @@ def _plan(options: BatchOptions, done: frozenset[str]) -> BatchPlan:
             if action == "skip" and options.manifest is not None:
                 action = "manifest"
         items.append(PlanItem(path, key, sidecar, action, reason))
-    return BatchPlan(root, tuple(items), out, len(done))
+    return BatchPlan(root, tuple(items), out, done)
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -410,8 +410,12 @@ def run_batch(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
+    plan: BatchPlan | None = None,
 ) -> BatchSummary:
     """Caption the folder ``options.root`` with ``manager``'s models; see the module docstring.
+
+    ``plan``: ``plan_batch(options)`` made earlier (the API makes it to answer with the total), so the
+    folder is walked once; images added to the folder since then wait for the next run.
 
     ``on_progress(done, total, info)`` is called once before the first batch and after each batch
     (``done`` of ``total`` images to caption; ``info`` holds the counts, elapsed seconds, images/s, the
@@ -420,21 +424,22 @@ def run_batch(
     """
     start = time.perf_counter()
     if options.dry_run:
-        return _dry_run(manager, options, plan_batch(options), start)
+        return _dry_run(manager, options, plan or plan_batch(options), start)
     done = _manifest_done(options)
-    plan = _plan(options, done)  # before anything is created: a wrong folder leaves no manifest behind
+    if plan is None or plan.done_keys != done:
+        plan = _plan(options, done)  # before anything is created: a wrong folder leaves no manifest behind
     with contextlib.ExitStack() as stack:
         manifest = None
         if options.manifest is not None:
             manifest = stack.enter_context(ManifestWriter(options.manifest, resume=options.resume))
             if manifest.done_paths() != done:  # changed since it was read
                 plan = _plan(options, manifest.done_paths())
-        job = _Job(manager, options, plan, manifest, start, on_progress, should_stop, on_result)
-        job.run(stack)
-        return job.summary
+        run = _Run(manager, options, plan, manifest, start, on_progress, should_stop, on_result)
+        run.run(stack)
+        return run.summary
 
 
-class _Job:
+class _Run:
     """One run of the engine (state shared by the steps of ``run_batch``)."""
 
     def __init__(self, manager, options, plan, manifest, start, on_progress, should_stop, on_result) -> None:

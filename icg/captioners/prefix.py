@@ -30,7 +30,7 @@ from icg.config import ClipSpec, DecodingConfig, from_dict, to_dict
 from icg.errors import CheckpointError, ConfigError
 from icg.options import CaptionOptions
 from icg.sinks import atomic_write_with
-from icg.text import cut_caption, finish_caption
+from icg.text import cut_caption, decode_tokens, finish_caption
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class PrefixCaptioner:
         return ids
 
     def decode(self, tokens: list[int], cfg: DecodingConfig, style: str | None = None) -> str:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = decode_tokens(self.tokenizer, tokens)
         return finish_caption(cut_caption(text, cfg.stop), style or self.style)
 
     def caption_features(

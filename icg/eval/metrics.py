@@ -111,22 +111,6 @@ def _require_pycocoevalcap():
         ) from err
 
 
-def score_captions(
-    references: Mapping[Hashable, Sequence[str]],
-    hypotheses: Mapping[Hashable, str],
-    *,
-    tokenization: str = "ptb",
-    lowercase: bool = True,
-    java: JavaStatus | None = None,
-    metrics: Sequence[str] = METRICS,
-) -> MetricReport:
-    """One-off scoring with a fresh ``CaptionScorer`` (see there)."""
-    with CaptionScorer(java) as scorer:
-        return scorer.score(
-            references, hypotheses, tokenization=tokenization, lowercase=lowercase, metrics=metrics
-        )
-
-
 class CaptionScorer:
     """Scores caption sets. The METEOR process (a JVM that loads its paraphrase tables: seconds to start)
     is started on first use and reused by every later ``score`` call until ``close``."""

@@ -53,7 +53,7 @@ from icg.options import CaptionOptions
 from icg.sbg.bank import LabelBank
 from icg.sbg.keywords import SEPARATOR, KeywordConfig, KeywordSelector
 from icg.sbg.vocab import Vocabulary
-from icg.text import CAPTION_STYLES, cut_caption, finish_caption
+from icg.text import CAPTION_STYLES, cut_caption, decode_tokens, finish_caption
 
 if TYPE_CHECKING:
     from icg.models.loading import ResolvedModel
@@ -390,7 +390,9 @@ class SbgCaptioner:
         if cfg.stop:
             if cfg.stop not in self._stop_cache:
                 size = len(self.tokenizer)
-                pieces = self.tokenizer.batch_decode([[i] for i in range(size)])
+                pieces = self.tokenizer.batch_decode(
+                    [[i] for i in range(size)], clean_up_tokenization_spaces=False
+                )
                 self._stop_cache[cfg.stop] = tuple(i for i, p in enumerate(pieces) if cfg.stop in p)
             ids.extend(self._stop_cache[cfg.stop])
         if cfg.stop_at_eos and self.tokenizer.eos_token_id is not None:
@@ -426,7 +428,7 @@ class SbgCaptioner:
 
     def _candidate_text(self, tokens: list[int], cfg: DecodingConfig) -> str:
         """The continuation up to the separator (should the model write one) and the first stop text."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = decode_tokens(self.tokenizer, tokens)
         return cut_caption(text.split(SEPARATOR)[0], cfg.stop)
 
     # ------------------------------------------------------------------------------------ results

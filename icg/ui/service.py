@@ -147,11 +147,17 @@ class CaptionService:
         on_progress: Callable[..., Any] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_result: Callable[..., Any] | None = None,
+        plan: Any = None,
     ) -> Any:
         from icg.batch.engine import run_batch
 
         return run_batch(
-            self.manager, options, on_progress=on_progress, should_stop=should_stop, on_result=on_result
+            self.manager,
+            options,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            on_result=on_result,
+            plan=plan,
         )
 
 

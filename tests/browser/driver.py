@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -82,11 +81,10 @@ class App:
             errors="replace",
         )
         threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"the app did not start (exit {self.process.returncode}):\n{self.output}")
+        # the reader sets _ready when the app says it serves, or when its output ends (it exited)
+        if not self._ready.wait(timeout) or self.url is None:
+            self.close()
+            raise RuntimeError(f"the app did not start (exit {self.process.returncode}):\n{self.output}")
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -95,6 +93,7 @@ class App:
             if line.startswith(READY) and self.url is None:
                 self.url = line[len(READY) :].split()[0]
                 self._ready.set()
+        self._ready.set()
 
     @property
     def output(self) -> str:

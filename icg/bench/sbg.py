@@ -1,4 +1,4 @@
-"""The SBG rows of ``python -m icg bench``: the predecessor's per-image path against the library's.
+"""The SBG suite of ``python -m icg bench``: the predecessor's per-image path against the library's.
 
 Both paths run on the same models (the bench's random CLIP, a random GPT-2 of the bench's size), the
 same synthetic vocabulary (the published structure and sizes: 5346 labels, the published category and
@@ -28,16 +28,26 @@ import logging
 import random
 import statistics
 import tempfile
-import time
 from typing import Any
 
 import torch
 
+from icg.bench.core import timed
+from icg.bench.predecessor import (
+    CANDIDATES,
+    padded_encode,
+    sbg_captions,
+    sbg_generate,
+    sbg_prompt_sets,
+)
 from icg.config import DecodingConfig
+from icg.options import CaptionOptions
 from icg.sbg.bank import LabelBank, PromptSet, build_prompt_sets
 from icg.sbg.vocab import HIERARCHY_CATEGORIES, Vocabulary
 
 logger = logging.getLogger(__name__)
+
+PUBLISHED = CaptionOptions(style="published")
 
 #: Sizes of the published vocabulary (numbers only; no published word is used).
 PUBLISHED_POS_COUNTS = {"NOUN": 3260, "ADJ": 931, "VERB": 910, "ADV": 209, "NUM": 36}
@@ -51,7 +61,6 @@ PUBLISHED_SUBCATEGORY_SIZES = {
     "time": (4, 1, 1, 5, 51),
 }
 PUBLISHED_WORD_LIST_SIZES = {"human": 195, "number": 36, "adverb": 209, "adjective": 931}
-CANDIDATES = 5
 #: Predecessor prompts actually encoded per image in --quick (the rest is extrapolated).
 QUICK_PROMPT_SAMPLE = 16
 #: Bank prompts actually encoded in --quick to estimate the build.
@@ -132,27 +141,6 @@ class _StandIn:
         return torch.nn.functional.normalize(torch.randn(len(texts), self.dim, generator=g), dim=-1)
 
 
-def _padded_encode(clip, prompts: list[str]) -> torch.Tensor:
-    """The predecessor's text encode: tokens padded to the full context (77), the whole tower run."""
-    tokens = clip.tokenize(prompts)
-    with torch.inference_mode():
-        feats = clip.model.encode_text(tokens.to(clip.device)).float().cpu()
-    return torch.nn.functional.normalize(feats, dim=-1)
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _once(fn):
-    _sync()
-    start = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - start, out
-
-
 def _steered_images(bank: LabelBank, n: int) -> torch.Tensor:
     """Image features that select like a photo of people with an animal outdoors: a mix of two flat
     labels, a subject prompt and a little noise (random-weight CLIP image features select nothing
@@ -168,53 +156,6 @@ def _steered_images(bank: LabelBank, n: int) -> torch.Tensor:
         mix = flat[a] + flat[b] + bank.features("subjects")[target] + noise * (i + 1)
         rows.append(torch.nn.functional.normalize(mix, dim=-1))
     return torch.stack(rows)
-
-
-def _predecessor_sets(selector, image: torch.Tensor, selection) -> list[PromptSet]:
-    """The prompt sets the predecessor encoded for this image: the tertiary lists of the sub-categories
-    its selection chose, and the final keyword list (bare words)."""
-    bank = selector.bank
-    sets = []
-    for keyword in selection.keywords:
-        if keyword.step.endswith(":sub"):
-            tertiary = bank.tertiary(keyword.step.split(":")[0], keyword.text)
-            if tertiary is not None:
-                sets.append(tertiary)
-    if {"people", "animal"} & set(selection.subjects):
-        probs = (selector.config.logit_scale * image @ bank.features("activity").T).softmax(-1)
-        tertiary = bank.tertiary("activity", bank.prompt_set("activity").labels[int(probs.argmax())])
-        if tertiary is not None:
-            sets.append(tertiary)
-    words = tuple(selection.texts)
-    sets.append(PromptSet("final", words, words))
-    return sets
-
-
-def _predecessor_captions(tokenizer, outs: list[torch.Tensor]) -> list[str]:
-    """Its post-processing: the text up to the first ".", then " ." (the re-rank encodes these)."""
-    return [tokenizer.decode(o, skip_special_tokens=True).split(".")[0].strip() + " ." for o in outs]
-
-
-def _predecessor_generate(
-    lm, ids: torch.Tensor, new_tokens: int, eos: int, calls: int = CANDIDATES
-) -> list[torch.Tensor]:
-    """Sequential calls of batch 1 (5 per image), as the predecessor's pipeline made them (sampling,
-    top-k 50)."""
-    outs = []
-    mask = torch.ones_like(ids)
-    with torch.inference_mode():
-        for _ in range(calls):
-            out = lm.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                top_k=50,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=eos,
-            )
-            outs.append(out[0, ids.shape[1] :])
-    return outs
 
 
 def bench_sbg(ctx) -> dict[str, Any]:
@@ -237,13 +178,13 @@ def bench_sbg(ctx) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="icg-bench-sbg-") as cache_dir:
         if quick:
             sample = prompts[:: max(1, len(prompts) // QUICK_BANK_SAMPLE)][:QUICK_BANK_SAMPLE]
-            t, _ = _once(lambda: clip.encode_texts(sample))
+            t, _ = timed(lambda: clip.encode_texts(sample))
             rows[f"sbg_bank_build_once ({len(prompts)}p, est.)"] = t * len(prompts) / len(sample)
             LabelBank.build(vocab, _StandIn(clip.feature_dim), clip.model_id, cache_dir)
         else:
-            t, _ = _once(lambda: LabelBank.build(vocab, clip, clip.model_id, cache_dir))
+            t, _ = timed(lambda: LabelBank.build(vocab, clip, clip.model_id, cache_dir))
             rows[f"sbg_bank_build_once ({len(prompts)}p)"] = t
-        t, bank = _once(lambda: LabelBank.build(vocab, clip, clip.model_id, cache_dir))
+        t, bank = timed(lambda: LabelBank.build(vocab, clip, clip.model_id, cache_dir))
         rows["sbg_bank_cached_load_once"] = t
 
     images = _steered_images(bank, n_images)
@@ -267,7 +208,7 @@ def bench_sbg(ctx) -> dict[str, Any]:
     # the prompt ids the library generates from (tiny models: keywords beyond the context dropped)
     prompt_ids = [captioner._prompt_ids(s.texts, new_tokens)[0] for s in selections]
     warm = torch.tensor([prompt_ids[0]], device=lm.device)
-    _predecessor_generate(lm, warm, 1, eos)
+    sbg_generate(lm, warm, 1, eos)
     (probe,), _ = captioner._sample([selections[0].texts], cfg.replace(max_new_tokens=2), 0)
     same_work = all(len(g.tokens) == 2 for _, g in probe)  # stopping is off: every sample runs to the end
 
@@ -277,7 +218,7 @@ def bench_sbg(ctx) -> dict[str, Any]:
     for b in range(n_images):
         ids = torch.tensor([prompt_ids[b]], device=lm.device)
         calls = [
-            _once(lambda ids=ids: _predecessor_generate(lm, ids, new_tokens, eos, 1))
+            timed(lambda ids=ids: sbg_generate(lm, ids, new_tokens, eos, 1))
             for _ in range(pred_calls)
         ]
         # --quick: the faster of its 2 timed calls, times 5 (a busy machine's hiccups inflate single calls)
@@ -285,17 +226,17 @@ def bench_sbg(ctx) -> dict[str, Any]:
         outs = [o for _, out in calls for o in out]
         same_work &= all(len(o) == new_tokens for o in outs)
         outs = (outs * CANDIDATES)[:CANDIDATES]
-        pred_sets = _predecessor_sets(captioner.selector, images[b], selections[b])
-        captions = tuple(_predecessor_captions(tokenizer, outs))
+        pred_sets = sbg_prompt_sets(captioner.selector, images[b], selections[b])
+        captions = tuple(sbg_captions(tokenizer, outs))
         pred_sets.append(PromptSet("rerank", captions, captions))
         count = sum(len(s) for s in pred_sets)
         if quick:
             sample = [p for s in pred_sets for p in s.prompts][:QUICK_PROMPT_SAMPLE]
-            t, _ = _once(lambda sample=sample: _padded_encode(clip, list(sample)))
+            t, _ = timed(lambda sample=sample: padded_encode(clip, list(sample)))
             per_prompt.append(t / len(sample))
             encode_times.append(t / len(sample) * count)
         else:
-            t, _ = _once(lambda sets=pred_sets: [_padded_encode(clip, list(s.prompts)) for s in sets])
+            t, _ = timed(lambda sets=pred_sets: [padded_encode(clip, list(s.prompts)) for s in sets])
             per_prompt.append(t / count)
             encode_times.append(t)
         counts.append(count)
@@ -305,12 +246,12 @@ def bench_sbg(ctx) -> dict[str, Any]:
     for b in range(n_images):
         if quick:  # the faster of 2 runs, as for the predecessor's calls
             runs = [
-                captioner.caption_features(images[b : b + 1], cfg, style="published")[0] for _ in range(2)
+                captioner.caption_features(images[b : b + 1], cfg, PUBLISHED)[0] for _ in range(2)
             ]
             result = min(runs, key=lambda r: sum(r.timings[key] for key in lib))
         else:
             _, (result,) = ctx.timed(
-                lambda b=b: captioner.caption_features(images[b : b + 1], cfg, style="published")
+                lambda b=b: captioner.caption_features(images[b : b + 1], cfg, PUBLISHED)
             )
         for key in lib:
             lib[key].append(result.timings[key])
@@ -333,7 +274,7 @@ def bench_sbg(ctx) -> dict[str, Any]:
     lib_total = lib_kw + lib_gen + lib_rr
     rows["sbg_lib_total"] = lib_total
     if not quick:
-        t, _ = ctx.timed(lambda: captioner.caption_features(images, cfg, style="published"))
+        t, _ = ctx.timed(lambda: captioner.caption_features(images, cfg, PUBLISHED))
         rows[f"sbg_lib_total_b{n_images}"] = t / n_images
     ratios[f"sbg: predecessor / library per image{est}"] = (pred_encode + pred_gen) / lib_total
     ratios[f"sbg keywords: predecessor / library{est}"] = pred_encode / lib_kw
@@ -341,7 +282,7 @@ def bench_sbg(ctx) -> dict[str, Any]:
 
     n_check = 12 if quick else 48
     sample = prompts[:: max(1, len(prompts) // n_check)][:n_check]
-    diff = float((_padded_encode(clip, sample) - clip.encode_texts(sample)).abs().max())
+    diff = float((padded_encode(clip, sample) - clip.encode_texts(sample)).abs().max())
     tol = 1e-4 if clip.dtype == torch.float32 else 2e-2
     checks[f"sbg: trimmed text features equal the 77-token ones ({len(sample)} prompts)"] = diff < tol
     checks[f"sbg: same work on both paths ({CANDIDATES} x {new_tokens} new tokens)"] = same_work

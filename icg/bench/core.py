@@ -1,9 +1,4 @@
-"""``python -m icg bench``: the library's paths against the predecessor's, side by side in one run.
-
-Random weights at the real sizes (CLIP ViT-L/14, GPT-2 124M, the 768 -> 3840 -> 7680 MLP) or tiny
-ones; a fixed number of forced new tokens so every path does the same work. Reported per image, with
-ratios; absolute times mean something only on the machine they were taken on.
-"""
+"""The benchmark's shared parts: the context every suite gets, timing, the runner and the report."""
 
 from __future__ import annotations
 
@@ -16,42 +11,27 @@ from typing import Any
 
 import torch
 
-from icg.captioners.generation import generate
-from icg.config import DecodingConfig
+from icg.bench import SUITES
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> tuple[float, Any]:
-    """Median seconds of ``fn`` over ``repeats`` runs (after a warm-up run unless ``warmup`` is False),
-    and its last result."""
+def sync() -> None:
+    """Wait for queued GPU work, so that a timing covers it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1, warmup: bool = False) -> tuple[float, Any]:
+    """Median seconds of ``fn`` over ``repeats`` runs (after a warm-up run if ``warmup``), and its last
+    result."""
     result = fn() if warmup else None
     times = []
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
-
-
-def predecessor_decode(model, prefix: torch.Tensor, tokens: int) -> list[int]:
-    """The predecessor's loop for one image: the whole sequence re-run through GPT-2 at every step
-    (no cache), its top-p (0.8) filter over the sorted vocabulary, then the arg-max."""
-    generated, out = prefix, []
-    with torch.no_grad():
-        for _ in range(tokens):
-            logits = model.gpt(inputs_embeds=generated).logits[:, -1, :].float()
-            sorted_logits, order = torch.sort(logits, descending=True)
-            remove = torch.cumsum(sorted_logits.softmax(-1), dim=-1) > 0.8
-            remove[..., 1:] = remove[..., :-1].clone()
-            remove[..., 0] = False
-            logits[:, order[remove]] = -float("inf")
-            nxt = logits.argmax(-1)
-            out.append(int(nxt))
-            generated = torch.cat((generated, model.gpt.transformer.wte(nxt[:, None])), dim=1)
-    return out
 
 
 @dataclass
@@ -69,7 +49,7 @@ class BenchContext:
 
     def timed(self, fn: Callable[[], Any]) -> tuple[float, Any]:
         """Quick runs time each path once without a warm-up run; full runs take the median of 3."""
-        return _timed(fn, 1 if self.quick else 3, warmup=not self.quick)
+        return timed(fn, 1 if self.quick else 3, warmup=not self.quick)
 
     @property
     def clip(self):
@@ -141,60 +121,6 @@ class BenchContext:
         return [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def bench_prefix(ctx: BenchContext) -> dict[str, Any]:
-    """CLIP encoding at batch 1 and B; CLIP-prefix decoding: the predecessor's loop, the library's loop
-    at batch 1 and B, and transformers' ``generate`` at B, all forced to the same number of tokens."""
-    clip, model, batch, tokens = ctx.clip, ctx.prefix_model, ctx.batch, ctx.tokens
-    images = ctx.images(batch)
-    cfg = DecodingConfig(max_new_tokens=tokens, stop=None, stop_at_eos=False)
-    if ctx.quick:  # one cheap pass through every path instead of a full warm-up run of each
-        with torch.inference_mode():
-            prefix = model.prefix(clip.encode_images(images[:1]).to(ctx.device))
-        generate(model.gpt, cfg=cfg.replace(max_new_tokens=2), inputs_embeds=prefix)
-        predecessor_decode(model, prefix, 2)
-    rows: dict[str, float] = {}
-    rows["clip_encode_b1"], _ = ctx.timed(lambda: clip.encode_images(images[:1]))
-    n_clip = min(batch, 2) if ctx.quick else batch  # CLIP is compute-bound on a CPU: 2 images show the trend
-    t, feats = ctx.timed(lambda: clip.encode_images(images[:n_clip], batch_size=n_clip))
-    rows[f"clip_encode_b{n_clip}"] = t / n_clip
-    if len(feats) < batch:  # random weights give random features anyway; fill the batch with more of them
-        torch.manual_seed(1)
-        extra = torch.nn.functional.normalize(torch.randn(batch - len(feats), feats.shape[1]), dim=-1)
-        feats = torch.cat([feats, extra])
-    with torch.inference_mode():
-        prefix = model.prefix(feats.to(ctx.device))
-
-    n_old = min(batch, 2 if ctx.quick else batch)
-    t, old_tokens = ctx.timed(
-        lambda: [predecessor_decode(model, prefix[i : i + 1], tokens) for i in range(n_old)]
-    )
-    rows["decode_predecessor_b1"] = t / n_old
-    rows["decode_library_b1"], _ = ctx.timed(lambda: generate(model.gpt, cfg=cfg, inputs_embeds=prefix[:1]))
-    t, new = ctx.timed(lambda: generate(model.gpt, cfg=cfg, inputs_embeds=prefix))
-    rows[f"decode_library_b{batch}"] = t / batch
-    t, _ = ctx.timed(lambda: _hf_generate(model.gpt, prefix, tokens))
-    rows[f"decode_hf_generate_b{batch}"] = t / batch
-    old, lib = rows["decode_predecessor_b1"], rows[f"decode_library_b{batch}"]
-    ratios = {
-        "decode: predecessor / library b1": old / rows["decode_library_b1"],
-        f"decode: predecessor / library b{batch}": old / lib,
-        f"decode: hf generate / library b{batch}": rows[f"decode_hf_generate_b{batch}"] / lib,
-        f"clip: b1 / b{n_clip}": rows["clip_encode_b1"] / rows[f"clip_encode_b{n_clip}"],
-    }
-    identical = [seqs[0].tokens for seqs in new[:n_old]] == old_tokens
-    checks = {f"greedy tokens identical to the predecessor loop ({n_old} images)": identical}
-    return {"seconds_per_image": rows, "ratios": ratios, "checks": checks}
-
-
-# name -> "module:function"; a suite takes a BenchContext and returns
-# {"seconds_per_image": {...}, "ratios": {...}, "checks": {name: bool}, "notes": {name: text}}
-SUITES = {
-    "prefix": "icg.bench:bench_prefix",
-    "sbg": "icg.sbg.bench:bench_sbg",
-    "folder": "icg.batch.bench:bench_folder",
-}
-
-
 def run_bench(
     *,
     device: str = "cpu",
@@ -232,22 +158,6 @@ def run_bench(
         for key in ("seconds_per_image", "ratios", "checks", "notes"):
             report[key].update(part.get(key, {}))
     return report
-
-
-def _hf_generate(lm, prefix: torch.Tensor, tokens: int):
-    """transformers' own ``generate`` on the same prefix, greedy, exactly ``tokens`` new tokens."""
-    mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-    with torch.inference_mode():
-        return lm.generate(
-            inputs_embeds=prefix,
-            attention_mask=mask,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=0,
-            bos_token_id=0,  # transformers 4.30 wants one even when it starts from inputs_embeds
-        )
 
 
 def format_report(report: dict[str, Any]) -> str:

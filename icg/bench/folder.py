@@ -43,7 +43,7 @@ class PlaceholderTokenizer:
     def encode(self, text: str) -> list[int]:
         return [0]
 
-    def decode(self, tokens, skip_special_tokens: bool = True) -> str:
+    def decode(self, tokens, skip_special_tokens: bool = True, clean_up_tokenization_spaces=None) -> str:
         return " ".join(f"<{int(t)}>" for t in tokens)
 
 
