@@ -48,7 +48,8 @@ from icg.errors import (
     ModelNotFound,
     VocabularyError,
 )
-from icg.jobs import JobNotFound, JobRegistry
+from icg.jobs import JobNotFound, JobRegistry, batch_work
+from icg.jobs import registry as process_registry
 from icg.options import BATCH, CAPTION, DECODING, MAX_KEYWORDS, TEMPLATE, CaptionOptions, Option, OptionGroup
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,17 @@ class ModelsResponse(BaseModel):
     loaded: dict[str, Any]
 
 
-class JobOut(BaseModel):
+class QueuedBehind(BaseModel):
     id: str
     kind: str
+
+
+class JobOut(BaseModel):
+    """``icg.jobs.Job.snapshot()``: a batch of this API, of the WebUI's Batch tab, or auto-captioning."""
+
+    id: str
+    kind: str
+    label: str = ""
     status: str
     done: int
     total: int | None = None
@@ -212,13 +221,17 @@ class JobOut(BaseModel):
     progress: float | None = None
     current: str | None = None
     message: str = ""
+    details: dict[str, Any] = {}
     stop_requested: bool = False
+    ahead: int = 0
+    queued_behind: QueuedBehind | None = None
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None
     elapsed: float
     summary: dict[str, Any] | None = None
     error: str | None = None
+    version: int = 0
 
 
 class JobsResponse(BaseModel):
@@ -407,11 +420,12 @@ def mount_api(
     ``auth``: a FastAPI dependency every route depends on (e.g. ``basic_auth(...)``); ``queue_lock``: a
     lock held around model work (the WebUI's, so captioning never runs beside image generation);
     ``hide_dirs``: refuse folder batches (``--hide-ui-dir-config``); ``jobs``: where batch jobs run
-    (default: a new ``JobRegistry``, kept as ``router.jobs``).
+    (default: the process's ``icg.jobs.registry()``, which the Batch tab and auto-captioning share; kept
+    as ``router.jobs``). ``GET /batch`` lists every job of it, the tab's too.
     """
     router = APIRouter(prefix=prefix, tags=["Image Caption"], dependencies=[Depends(auth)] if auth else [])
     lock = queue_lock if queue_lock is not None else contextlib.nullcontext()
-    registry = jobs if jobs is not None else JobRegistry()
+    registry = jobs if jobs is not None else process_registry()
     router.jobs = registry  # type: ignore[attr-defined]
 
     def guarded(work: Callable[[], Any]) -> Any:
@@ -473,13 +487,14 @@ def mount_api(
             options = batch_options(service, request, model)
             plan = service.plan_batch(options)  # fails fast on an unreadable folder; walked once
             work = batch_work(service, options, lock, plan)
-            return registry.submit(work, kind="batch", total=len(plan.todo)).snapshot()
+            job = registry.submit(work, kind="batch", total=len(plan.todo), label=str(options.root))
+            return job.snapshot()
 
         return guarded(work)
 
     @router.get("/batch", response_model=JobsResponse)
     def list_jobs() -> dict[str, Any]:
-        return {"jobs": [job.snapshot() for job in registry.jobs()]}
+        return {"jobs": registry.snapshots()}
 
     @router.get("/batch/{job_id}", response_model=JobOut)
     def job_status(job_id: str) -> dict[str, Any]:
@@ -537,40 +552,3 @@ def batch_options(service: Any, request: BatchRequest, model: str) -> Any:
 
 
 _BATCH_DEFAULT_KEYS = ("policy", "sidecar_extension", "batch_size", "separator")
-
-
-def batch_work(service: Any, options: Any, lock: Any, plan: Any = None) -> Callable[[Any], dict[str, Any]]:
-    """The job function for a folder batch: runs the engine under ``lock`` and returns its summary."""
-
-    def work(job: Any) -> dict[str, Any]:
-        def on_progress(done: int, total: int, info: Mapping[str, Any] | None = None) -> None:
-            info = info or {}
-            job.progress(done, total, failed=info.get("failed"), current=info.get("current") or None)
-
-        with lock:
-            if job.should_stop():
-                return {"stopped": True}
-            summary = service.run_batch(
-                options, on_progress=on_progress, should_stop=job.should_stop, plan=plan
-            )
-        return summary_dict(summary)
-
-    return work
-
-
-def summary_dict(summary: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a ``BatchSummary``."""
-    if summary is None:
-        return {}
-    data = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
-    return _jsonable(data)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)

@@ -40,17 +40,19 @@ def create_app(
     defaults: Any = None,
     service: Any = None,
     title: str = TITLE,
+    registry: Any = None,
 ) -> tuple[Any, Any]:
     """``(demo, panels)``: a ``gr.Blocks`` with the Caption and Batch tabs for ``manager``'s models.
 
     ``models`` are offered first in the model lists (paths or ids); ``service`` replaces the default
-    ``CaptionService(manager, ...)``.
+    ``CaptionService(manager, ...)``; batches run in ``registry`` (default: the process's job registry,
+    the one ``icg.api.mount_api`` uses too).
     """
     require_gradio()
     from icg.ui import CaptionService, build_app
 
     service = service or CaptionService(manager, models=models, default_model=default_model)
-    return build_app(service, defaults, title=title)
+    return build_app(service, defaults, title=title, registry=registry)
 
 
 def serve(

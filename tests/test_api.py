@@ -5,7 +5,6 @@ models listing, captions from base64 images and from keywords, auth, --hide-ui-d
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from fastapi import FastAPI
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from icg.api import basic_auth, decode_image, mount_api, parse_credentials
 from icg.errors import ConfigError
-from icg.jobs import DONE, FAILED, QUEUED, STOPPED, JobNotFound, JobRegistry
+from icg.jobs import DONE, JobRegistry
 from icg.ui.service import CaptionService
 from tests.webui_support import (
     SBG_LOCAL,
@@ -56,18 +55,17 @@ class CountingLock:
 
 
 def client_for(service, **kwargs) -> tuple[TestClient, object]:
+    """A client of the routes mounted with a job registry of the test's own (unless one is given)."""
     app = FastAPI()
+    kwargs.setdefault("jobs", JobRegistry())
     router = mount_api(app, service, **kwargs)
     return TestClient(app), router
 
 
-def wait_for(client, job_id, auth=None, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/icg/v1/batch/{job_id}", auth=auth).json()
-        if body["status"] in (DONE, FAILED, STOPPED) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.05)
+def wait_for(client, router, job_id, timeout=300.0):
+    """The job's body once it has finished (waiting on the job itself, not polling the clock)."""
+    assert router.jobs.get(job_id).wait(timeout), f"job {job_id} did not finish in {timeout} s"
+    return client.get(f"/icg/v1/batch/{job_id}").json()
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -233,7 +231,7 @@ def test_batch_job_polled_to_completion(service, files, tmp_path):
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["status"] in ("queued", "running", "done") and job["total"] == 4
-    body = wait_for(client, job["id"])
+    body = wait_for(client, router, job["id"])
     assert body["status"] == DONE, body
     assert body["progress"] == 1.0 and body["done"] == 4
     summary = body["summary"]
@@ -252,12 +250,12 @@ def test_batch_job_polled_to_completion(service, files, tmp_path):
 def test_batch_dry_run_writes_nothing(service, tmp_path):
     folder = tmp_path / "dry"
     write_images(folder, 2)
-    client, _ = client_for(service)
+    client, router = client_for(service)
     response = client.post(
         "/icg/v1/batch", json={"folder": str(folder), "dry_run": True, "decoding": {"max_new_tokens": 3}}
     )
     assert response.status_code == 202, response.text
-    body = wait_for(client, response.json()["id"])
+    body = wait_for(client, router, response.json()["id"])
     assert body["status"] == DONE and body["summary"]["dry_run"] is True
     assert len(body["summary"]["preview"]) == 2
     assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img1.png"]
@@ -310,61 +308,39 @@ def test_unload_frees_the_models(service):
     assert response.json()["unloaded"] is True and response.json()["loaded"]["captioners"] == []
 
 
-# ------------------------------------------------------------------------------------------ job registry
-def test_registry_runs_jobs_in_order_and_stops_queued_ones():
+def test_batch_routes_share_the_registry_with_the_tab(service, tmp_path):
+    """A batch of the Batch tab is listed by the API, and an API batch waits behind it and says so."""
+    from icg.jobs import registry as process_registry
+    from icg.ui.handlers import BatchController, BatchInputs, DecodingInputs
+
+    assert client_for(service, jobs=None)[1].jobs is process_registry()  # the default: the process's
     registry = JobRegistry()
-    gate = threading.Event()
-    order = []
+    client, router = client_for(service, jobs=registry)
+    gate, started = threading.Event(), threading.Event()
 
-    def blocker(job):
-        gate.wait(10)
-        order.append("first")
-        return {"n": 1}
+    class Gated(CaptionService):
+        def run_batch(self, options, **callbacks):
+            started.set()
+            assert gate.wait(60)
+            return super().run_batch(options, **callbacks)
 
-    def second(job):
-        order.append("second")
-        return {"n": 2}
-
-    first = registry.submit(blocker)
-    queued = registry.submit(second)
-    third = registry.submit(second, total=5)
-    assert registry.get(third.id).snapshot()["total"] == 5
-    registry.stop(queued.id)
-    assert queued.status == STOPPED
+    write_images(tmp_path / "tab", 1)
+    write_images(tmp_path / "api", 1)
+    tab = BatchController(Gated(service.manager, models=service.extra_models), registry=registry)
+    inputs = BatchInputs(folder=str(tmp_path / "tab"), model=service.default_model())
+    tab_job = tab.start(tab.options(inputs, DecodingInputs(max_new_tokens="3")))
+    assert started.wait(60)
+    payload = {"folder": str(tmp_path / "api"), "decoding": {"max_new_tokens": 3}}
+    response = client.post("/icg/v1/batch", json=payload)
+    assert response.status_code == 202, response.text
+    queued = response.json()
+    assert queued["status"] == "queued" and queued["ahead"] == 1
+    assert queued["queued_behind"] == {"id": tab_job.id, "kind": "batch"}
+    listed = client.get("/icg/v1/batch").json()["jobs"]
+    assert [(j["id"], j["status"], j["label"]) for j in listed] == [
+        (tab_job.id, "running", str(tmp_path / "tab")),
+        (queued["id"], "queued", str(tmp_path / "api")),
+    ]
     gate.set()
-    assert registry.wait(third.id, timeout=10).status == DONE
-    assert order == ["first", "second"]
-    assert first.snapshot()["summary"] == {"n": 1}
-
-
-def test_registry_reports_failures_and_progress():
-    from icg.errors import ImageError
-
-    registry = JobRegistry()
-
-    def failing(job):
-        job.progress(1, 4, current="a.png")
-        raise ImageError("a.png: broken")
-
-    def buggy(job):
-        raise ZeroDivisionError("oops")
-
-    job = registry.wait(registry.submit(failing).id, timeout=10)
-    snap = job.snapshot()
-    assert snap["status"] == FAILED and snap["error"] == "a.png: broken"
-    assert snap["done"] == 1 and snap["total"] == 4 and snap["progress"] == 0.25
-    assert (
-        registry.wait(registry.submit(buggy).id, timeout=10).snapshot()["error"] == "ZeroDivisionError: oops"
-    )
-    with pytest.raises(JobNotFound):
-        registry.get("nope")
-
-
-def test_registry_forgets_old_finished_jobs():
-    registry = JobRegistry(keep=2)
-    ids = [registry.submit(lambda job: {}).id for _ in range(4)]
-    registry.wait(ids[-1], timeout=10)
-    registry.submit(lambda job: {})  # forgetting happens on submit
-    known = {job.id for job in registry.jobs()}
-    assert ids[0] not in known and ids[-1] in known
-    assert QUEUED not in {j.status for j in registry.jobs() if j.id in ids}
+    body = wait_for(client, router, queued["id"])
+    assert body["status"] == DONE and body["queued_behind"] is None and tab_job.finished

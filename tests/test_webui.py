@@ -6,7 +6,6 @@ auto-captions, driven with the fixture models."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from fastapi import FastAPI
@@ -255,7 +254,9 @@ def test_tab_panels_drive_the_webui_service(webui_env, manager, tmp_path):
     job = parts.panels.batch.controller.start(
         BatchOptions(root=folder, model=env.files["clip_prefix_pt"], decoding={"max_new_tokens": 3})
     )
-    assert job.wait(120) and job.error is None and job.summary.captioned == 2
+    assert job.wait(120)
+    snapshot = job.snapshot()
+    assert snapshot["error"] is None and snapshot["summary"]["captioned"] == 2
     assert env.shared.state.history[-2:] == [("begin", "icg-batch"), ("end", "icg-batch")]
     assert (folder / "img0.txt").is_file() and (folder / "img1.txt").is_file()
 
@@ -641,17 +642,25 @@ def test_autocaption_writes_a_sidecar_in_the_background(webui_env, manager, tmp_
     from modules import call_queue
 
     call_queue.queue_lock.acquire()  # the generation that saved the image still runs
-    started = time.monotonic()
     paths = [_save(env, tmp_path / "out", f"0000{i}-1.png") for i in range(3)]
     grid = _save(env, tmp_path / "out", "grid-0001.png")
-    assert time.monotonic() - started < 30  # the callbacks returned without captioning
-    assert not any(p.with_suffix(".caption").exists() for p in paths)
-    call_queue.queue_lock.release()
     worker = env.adapter.autocaption.autocaptioner()
+    # The callbacks returned; the captions wait (as jobs of the process's registry) for the generation.
+    assert not worker.join(0)
+    assert not any(p.with_suffix(".caption").exists() for p in paths)
+    from icg.jobs import registry
+
+    waiting = worker.jobs()
+    assert waiting and all(job.kind == "autocaption" and not job.finished for job in waiting)
+    assert all(registry().get(job.id) is job for job in waiting)
+    call_queue.queue_lock.release()
     assert worker.join(120)
     for path in paths:
         assert path.with_suffix(".caption").read_text(encoding="utf-8").strip()
-    assert not worker.errors and len(worker.written) == 3
+    summaries = [job.snapshot()["summary"] for job in worker.jobs()]
+    assert sum(s["written"] for s in summaries) == 3 and sum(s["failed"] for s in summaries) == 0
+    rows = [row for job in worker.jobs() for row in job.snapshot(results=True)["results"]]
+    assert sorted(row["key"] for row in rows) == sorted(str(p) for p in paths)
     assert not grid.with_suffix(".caption").exists()
     assert env.shared.state.history == []  # no shared.state job: it must not disturb the next generation
 

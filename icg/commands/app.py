@@ -35,21 +35,14 @@ def register(sub) -> None:
 
 def ui_defaults(args: argparse.Namespace):
     """The panels' initial values from the command line."""
+    from icg.options import DECODING
     from icg.ui import UiDefaults
 
     values = {
+        **DECODING.pick(args),
         "model": args.models[0] if args.models else None,
         "batch_folder": args.folder or "",
-        "strategy": args.strategy,
-        "num_beams": args.num_beams,
-        "num_samples": args.num_samples,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens,
     }
-    if args.seed is not None:
-        values["seed"] = args.seed
     if args.template:
         from icg.prompt import PromptTemplate
 

@@ -2,7 +2,9 @@
 result must be a ``gr.update`` or an error must become a ``gr.Error``).
 
 Each controller takes a ``CaptionService`` and returns plain values in the order of the panel's outputs,
-so the tests (and a host that builds its own layout) call them directly.
+so the tests (and a host that builds its own layout) call them directly. The inputs are the options of
+``icg.options`` by name, checked by ``Option.check``; folder runs are jobs of the process's job registry
+(``icg.jobs``), rendered from their snapshots.
 """
 
 from __future__ import annotations
@@ -10,21 +12,31 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from icg import jobs as joblib
 from icg.captioners.result import CaptionResult
 from icg.errors import ConfigError, IcgError
-from icg.options import BATCH_TEMPLATE, DEFAULT_TEMPLATE, MAX_DRAWN_SEED, MODEL_DEFAULT, STRATEGIES
+from icg.options import (
+    BATCH,
+    BATCH_TEMPLATE,
+    CAPTION,
+    DECODING,
+    DEFAULT_TEMPLATE,
+    MAX_DRAWN_SEED,
+    MODEL_DEFAULT,
+    RANDOM_SEED,
+    TEMPLATE,
+    CaptionOptions,
+    Option,
+    resolve_seed,
+)
 from icg.prompt import PromptTemplate, split_parts
 
 logger = logging.getLogger(__name__)
 
-STRATEGY_CHOICES = (MODEL_DEFAULT, *STRATEGIES)
 CANDIDATE_HEADERS = ["#", "candidate", "score"]
 MAX_SEED = MAX_DRAWN_SEED
 
@@ -55,94 +67,100 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, An
     return {"headers": list(headers), "data": [list(row) for row in rows]}
 
 
-# ------------------------------------------------------------------------------------------ decoding
-@dataclass(frozen=True)
-class DecodingInputs:
-    """The decoding controls as the panel passes them (numbers or the text of a box); None or an empty box
-    keeps the model's default."""
+# ------------------------------------------------------------------------------------------ inputs
+class Inputs:
+    """What some of a panel's controls send, by name (``NAMES``, in the order of the controls).
 
-    strategy: str | None = MODEL_DEFAULT
-    num_beams: float | str | None = None
-    temperature: float | str | None = None
-    top_k: float | str | None = None
-    top_p: float | str | None = None
-    max_new_tokens: float | str | None = None
-    seed: float | str | None = -1
-    num_samples: float | str | None = None
+    Built with keywords (``DecodingInputs(strategy="beam", num_beams="3")``) or from the flat values
+    gradio passes (``from_values``); a name left out takes ``INITIAL``'s value (else None)."""
+
+    NAMES: tuple[str, ...] = ()
+    INITIAL: Mapping[str, Any] = {}
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(self.NAMES))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}")
+        self.values = {name: values.get(name, self.INITIAL.get(name)) for name in self.NAMES}
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values")
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.values!r})"
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> Inputs:
+        return cls(**dict(zip(cls.NAMES, values)))
+
+    def flat(self) -> list[Any]:
+        return [self.values[name] for name in self.NAMES]
+
+
+def given(value: Any) -> Any:
+    """A control's value, or None where it was left empty or at "model default"."""
+    if isinstance(value, str):
+        value = value.strip()
+        return None if not value or value == MODEL_DEFAULT else value
+    return value
+
+
+def checked(option: Option, value: Any, where: str) -> Any:
+    return option.check(given(value), where)
+
+
+class DecodingInputs(Inputs):
+    """The decoding controls (``icg.options.DECODING``) and the caption style (``CAPTION``); an empty box
+    or "model default" keeps the model's own value. The seed starts at -1: a new one for each caption."""
+
+    NAMES = (*DECODING.names, *CAPTION.names)
+    INITIAL = {"seed": RANDOM_SEED}
 
     def overrides(self, rng: random.Random | None = None, draw_seed: bool = True) -> dict[str, Any]:
         """DecodingConfig overrides. Seed -1 draws a fresh seed (reported with the result, so a good
         caption can be reproduced), or with ``draw_seed=False`` leaves the seed to the model (a folder
-        run: SBG then draws one per batch and the manifest records it); an empty seed keeps the model's."""
-        out: dict[str, Any] = {}
-        if self.strategy and self.strategy != MODEL_DEFAULT:
-            out["strategy"] = str(self.strategy)
-        for name in ("num_beams", "top_k", "max_new_tokens", "num_samples"):
-            value = _whole(getattr(self, name), name)
+        run: SBG then draws one per batch and the manifest records it)."""
+        out = {}
+        for option in DECODING:
+            value = checked(option, self.values[option.name], "decoding")
             if value is not None:
-                out[name] = value
-        for name in ("temperature", "top_p"):
-            value = _number(getattr(self, name), name)
-            if value is not None:
-                out[name] = float(value)
-        seed = _whole(self.seed, "seed")
-        if seed is not None:
-            if seed >= 0:
-                out["seed"] = int(seed)
-            elif draw_seed:
-                out["seed"] = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+                out[option.name] = value
+        seed = out.pop("seed", None)
+        if seed is not None and (seed >= 0 or draw_seed):
+            out["seed"] = resolve_seed(seed, None if rng is None else lambda: rng.randint(0, MAX_SEED))
         return out
 
-
-def _number(value: Any, name: str) -> float | None:
-    """A number from a text box or a number field; None for an empty box."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name.replace('_', ' ')} must be a number, not {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name.replace('_', ' ')} must be a finite number, not {value!r}")
-    return number
+    def caption_options(self) -> CaptionOptions:
+        return CaptionOptions(**{o.name: checked(o, self.values[o.name], "caption") for o in CAPTION})
 
 
-def _whole(value: Any, name: str) -> int | None:
-    number = _number(value, name)
-    if number is None:
-        return None
-    if not number.is_integer():
-        raise ConfigError(f"{name.replace('_', ' ')} must be a whole number, not {value!r}")
-    return int(number)
+class PromptInputs(Inputs):
+    """The prompt template controls (``icg.options.TEMPLATE``) of the Caption tab."""
+
+    NAMES = TEMPLATE.names
+    INITIAL = {**TEMPLATE.defaults(), "template": DEFAULT_TEMPLATE}
+
+    def template(self) -> PromptTemplate:
+        values = {o.name: checked(o, self.values[o.name], "prompt") for o in TEMPLATE}
+        values = {name: value for name, value in values.items() if value is not None}
+        values.setdefault("template", "{caption}")
+        return PromptTemplate(**values)
+
+    def compose(self, caption: str, keywords: str) -> str:
+        return self.template().compose(caption or "", split_parts(keywords or ""))
 
 
 # ------------------------------------------------------------------------------------------ caption
-@dataclass(frozen=True)
-class PromptInputs:
-    template: str = DEFAULT_TEMPLATE
-    prefix: str = ""
-    suffix: str = ""
-    lowercase: bool = False
-
-    def compose(self, caption: str, keywords: str) -> str:
-        template = PromptTemplate(
-            template=self.template or "{caption}",
-            prefix=self.prefix or "",
-            suffix=self.suffix or "",
-            lowercase=bool(self.lowercase),
-        )
-        return template.compose(caption or "", split_parts(keywords or ""))
-
-
-@dataclass(frozen=True)
 class CaptionOutputs:
     """What a caption shows, in the order of ``CaptionPanel.outputs``."""
 
-    caption: str
-    info: str
-    candidates: dict[str, Any]
-    keywords: str
-    prompt: str
+    def __init__(self, caption: str, info: str, candidates: dict[str, Any], keywords: str, prompt: str):
+        self.caption, self.info, self.candidates, self.keywords, self.prompt = (
+            caption, info, candidates, keywords, prompt,
+        )
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.caption, self.info, self.candidates, self.keywords, self.prompt)
@@ -176,14 +194,16 @@ class CaptionController:
     def caption(
         self, image: Any, model: str, decoding: DecodingInputs, prompt: PromptInputs
     ) -> CaptionOutputs:
-        result = self.service.caption(image, _model(model), decoding.overrides())
+        result = self.service.caption(image, _model(model), decoding.overrides(), decoding.caption_options())
         return self.outputs(result, prompt)
 
     def regenerate(
         self, keywords: str, image: Any, model: str, decoding: DecodingInputs, prompt: PromptInputs
     ) -> CaptionOutputs:
         words = split_parts((keywords or "").replace("###", ""))
-        result = self.service.caption_keywords(words, _model(model), decoding.overrides(), image=image)
+        result = self.service.caption_keywords(
+            words, _model(model), decoding.overrides(), decoding.caption_options(), image=image
+        )
         return self.outputs(result, prompt, keywords=", ".join(words))
 
     @staticmethod
@@ -214,9 +234,9 @@ class CaptionController:
         return self.regenerate(keywords, image, model, decoding, prompt).as_tuple()
 
     @staticmethod
-    def compose_event(caption, keywords, template, prefix, suffix, lowercase):
+    def compose_event(caption, keywords, *template_values):
         """The prompt for the current caption and keywords; a template error is shown in the box."""
-        return _compose(PromptInputs(template, prefix, suffix, lowercase), caption, keywords)
+        return _compose(PromptInputs.from_values(template_values), caption, keywords)
 
 
 def _compose(prompt: PromptInputs, caption: str, keywords: str) -> str:
@@ -233,97 +253,61 @@ def _model(model: Any) -> str:
     return str(model).strip()
 
 
-_N_DECODING = len(fields(DecodingInputs))
-
-
 def _split_values(values: Sequence[Any]) -> tuple[DecodingInputs, PromptInputs]:
-    decoding = DecodingInputs(*values[:_N_DECODING])
-    prompt = PromptInputs(*values[_N_DECODING : _N_DECODING + 4])
-    return decoding, prompt
+    n = len(DecodingInputs.NAMES)
+    return DecodingInputs.from_values(values[:n]), PromptInputs.from_values(values[n:])
 
 
 # ------------------------------------------------------------------------------------------ batch
 RESULT_HEADERS = ["image", "action", "caption", "written / error"]
 PREVIEW_HEADERS = ["image", "would do", "caption", "would write"]
+JOB_HEADERS = ["job", "status", "progress", "working on"]
 #: The results table shows the latest rows only (a folder may hold thousands of images).
-MAX_RESULT_ROWS = 500
+MAX_RESULT_ROWS = joblib.KEEP_RESULTS
+#: The Batch panel's own fields (not options of the schema), then its BATCH and TEMPLATE options.
+FOLDER_FIELDS = ("folder", "model", "extensions", "output_dir", "separator", "manifest", "dry_run")
 
 
-@dataclass(frozen=True)
-class BatchInputs:
-    """The Batch panel's fields as the panel passes them (strings straight from the text boxes)."""
+class BatchInputs(Inputs):
+    """The Batch panel's fields as the panel passes them: the folder fields, then ``icg.options.BATCH``
+    and ``TEMPLATE`` by name (the template starts at the batch template)."""
 
-    folder: str = ""
-    model: str = ""
-    recursive: bool = True
-    extensions: str = ""
-    sidecar_extension: str = ".txt"
-    output_dir: str = ""
-    policy: str = "skip"
-    separator: str = ""
-    write_sidecars: bool = True
-    manifest: str = ""
-    resume: bool = True
-    batch_size: float | str | None = 0
-    template: str = BATCH_TEMPLATE
-    prefix: str = ""
-    suffix: str = ""
-    lowercase: bool = False
-    max_keywords: float | str | None = ""
-    keep_period: bool = False
-    dry_run: bool = False
-    preview: float | str | None = 3
+    NAMES = (*FOLDER_FIELDS, *BATCH.names, *TEMPLATE.names)
+    INITIAL = {
+        **dict.fromkeys(FOLDER_FIELDS, ""),
+        "dry_run": False,
+        **BATCH.defaults(),
+        **TEMPLATE.defaults(),
+        "template": BATCH_TEMPLATE,
+    }
 
 
-N_BATCH_INPUTS = len(fields(BatchInputs))
-
-
-@dataclass
-class BatchJob:
-    """A folder run in a background thread, observed by the panel's generator."""
-
-    options: Any
-    stop_requested: threading.Event = field(default_factory=threading.Event)
-    done_event: threading.Event = field(default_factory=threading.Event)
-    progress: tuple[int, int, dict[str, Any]] | None = None
-    results: deque = field(default_factory=lambda: deque(maxlen=MAX_RESULT_ROWS))
-    summary: Any = None
-    error: str | None = None
-    thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add_result(self, result: Any) -> None:
-        with self._lock:
-            self.results.append(result)
-
-    def latest_results(self) -> list[Any]:
-        with self._lock:
-            return list(self.results)
-
-    def stop(self) -> None:
-        self.stop_requested.set()
-
-    @property
-    def running(self) -> bool:
-        return not self.done_event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done_event.wait(timeout)
+N_BATCH_INPUTS = len(BatchInputs.NAMES)
 
 
 class BatchController:
     """Start, watch and stop folder runs for the Batch panel; one run at a time per controller.
 
+    Runs are jobs of ``registry`` (default: the process's, shared with the API and auto-captioning), so
+    a run waits for the jobs before it and the panel says which one it is queued behind.
     ``defaults.allow_folders`` False fixes the folder, output folder and manifest to the defaults' values
-    (whatever the page sends), as the WebUI's ``--hide-ui-dir-config`` requires.
+    (whatever the page sends), as the WebUI's ``--hide-ui-dir-config`` requires. ``interval``: how often
+    (seconds) the page is refreshed while nothing changes (the elapsed time).
     """
 
-    def __init__(self, service: Any, defaults: Any = None, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        service: Any,
+        defaults: Any = None,
+        *,
+        registry: joblib.JobRegistry | None = None,
+        interval: float = 1.0,
+    ) -> None:
         self.service = service
         self.defaults = defaults
+        self.registry = registry if registry is not None else joblib.registry()
         self.interval = interval
-        self._lock = threading.Lock()
-        self.job: BatchJob | None = None
+        self.job: joblib.Job | None = None
 
     # ------------------------------------------------------------------------------ options
     def options(self, inputs: BatchInputs, decoding: DecodingInputs) -> Any:
@@ -341,114 +325,95 @@ class BatchController:
         if not root.is_dir():
             raise ConfigError(f"{root}: no such folder")
         extensions = split_parts((inputs.extensions or "").replace(" ", ","))
-        batch_size = _whole(inputs.batch_size, "batch size")
-        max_keywords = _whole(inputs.max_keywords, "max keywords")
-        preview = _whole(inputs.preview, "preview")
+        batch = {o.name: checked(o, inputs.values[o.name], "batch") for o in BATCH}
+        template = PromptInputs(**{name: inputs.values[name] for name in TEMPLATE.names}).template()
         return BatchOptions(
             root=root,
             model=_model(inputs.model),
-            recursive=bool(inputs.recursive),
             extensions=tuple(extensions) or None,
-            batch_size=batch_size if batch_size and batch_size > 0 else None,
-            sidecar_extension=(inputs.sidecar_extension or ".txt").strip(),
             output_dir=_optional_path(output_dir),
-            policy=inputs.policy or "skip",
             separator=_separator(inputs.separator),
-            write_sidecars=bool(inputs.write_sidecars),
             manifest=_optional_path(manifest),
-            resume=bool(inputs.resume),
-            template=PromptTemplate(
-                template=inputs.template or BATCH_TEMPLATE,
-                prefix=inputs.prefix or "",
-                suffix=inputs.suffix or "",
-                lowercase=bool(inputs.lowercase),
-                max_keywords=max_keywords,
-                strip_period=not inputs.keep_period,
-            ),
+            template=template,
             decoding=decoding.overrides(draw_seed=False),
+            caption=decoding.caption_options(),
             dry_run=bool(inputs.dry_run),
-            preview=max(0, 3 if preview is None else preview),
+            **{name: value for name, value in batch.items() if value is not None},
         )
 
     # ------------------------------------------------------------------------------ running
-    def start(self, options: Any) -> BatchJob:
-        """Run ``options`` in a background thread; refuses while another run of this panel is going."""
-        with self._lock:
-            if self.job is not None and self.job.running:
-                raise ConfigError(
-                    f"a batch is already running on {self.job.options.root}; stop it or wait for it to end"
-                )
-            job = BatchJob(options)
-            job.thread = threading.Thread(target=self._run, args=(job,), name="icg-batch", daemon=True)
-            self.job = job
-        job.thread.start()
-        return job
-
-    def _run(self, job: BatchJob) -> None:
-        def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
-            job.progress = (done, total, dict(info))
-
-        try:
-            job.summary = self.service.run_batch(
-                job.options,
-                on_progress=on_progress,
-                should_stop=job.stop_requested.is_set,
-                on_result=job.add_result,
-            )
-        except IcgError as err:
-            job.error = str(err)
-        except Exception as err:  # noqa: BLE001 - reported in the page, logged with its traceback
-            logger.exception("batch run on %s failed", job.options.root)
-            job.error = f"{type(err).__name__}: {err}"
-        finally:
-            job.done_event.set()
+    def start(self, options: Any) -> joblib.Job:
+        """Submit ``options`` as a job; refuses while this panel's previous run is queued or running."""
+        job = self.job
+        if job is not None and not job.finished:
+            raise ConfigError(f"a batch is already running on {job.label}; stop it or wait for it to end")
+        self.job = self.registry.submit(
+            joblib.batch_work(self.service, options), kind="batch", label=str(options.root)
+        )
+        return self.job
 
     def stop(self) -> str:
-        """Ask the running batch to stop after its current images (everything written so far is kept)."""
+        """Ask this panel's run to stop after its current images (everything written so far is kept)."""
         job = self.job
-        if job is None or not job.running:
+        if job is None or job.finished:
             return "No batch is running."
-        job.stop()
+        self.registry.stop(job.id)
         return "Stopping after the current images..."
 
     # ------------------------------------------------------------------------------ display
     @staticmethod
-    def render(job: BatchJob) -> tuple[str, dict[str, Any]]:
-        """The progress text and the results table of ``job`` as it stands."""
-        if job.running:
-            return _progress_text(job), _results_table(job)
-        if job.error is not None:
-            return f"Error: {job.error}", _results_table(job)
-        summary = job.summary
-        if summary is not None and getattr(summary, "dry_run", False):
+    def render(snapshot: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The progress text and the results table of a job's snapshot (taken with ``results=True``)."""
+        results = _results_table(snapshot.get("results") or [])
+        if snapshot["status"] not in joblib.FINISHED:
+            return _progress_text(snapshot), results
+        if snapshot["error"] is not None:
+            return f"Error: {snapshot['error']}", results
+        summary = snapshot["summary"] or {}
+        if "root" not in summary:
+            return "Stopped before it started.", results
+        if summary.get("dry_run"):
             return _dry_run_text(summary), _preview_table(summary)
-        return _summary_text(summary), _results_table(job)
+        return _summary_text(summary), results
+
+    def jobs_table(self) -> dict[str, Any]:
+        """Every job the registry knows (this panel's, the API's, auto-captioning), newest first."""
+        rows = []
+        for snap in reversed(self.registry.snapshots()):
+            done = f"{snap['done']} / {'?' if snap['total'] is None else snap['total']}"
+            rows.append([joblib.describe(snap), snap["status"], done, snap["label"] or snap["current"] or ""])
+        return table(JOB_HEADERS, rows)
 
     # Flat signatures for gradio.
     def run_event(self, *values: Any) -> Iterator[tuple[Any, ...]]:
-        """Generator handler of the Start button: streams (progress, results, start button)."""
+        """Generator handler of the Start button: streams (progress, results, start button, jobs)."""
         import gradio as gr
 
-        inputs = BatchInputs(*values[:N_BATCH_INPUTS])
-        decoding = DecodingInputs(*values[N_BATCH_INPUTS : N_BATCH_INPUTS + _N_DECODING])
+        inputs = BatchInputs.from_values(values[:N_BATCH_INPUTS])
+        decoding = DecodingInputs.from_values(values[N_BATCH_INPUTS:])
         try:
             job = self.start(self.options(inputs, decoding))
         except IcgError as err:
-            yield f"Error: {err}", table(RESULT_HEADERS, []), gr.update(interactive=True)
+            yield f"Error: {err}", table(RESULT_HEADERS, []), gr.update(interactive=True), self.jobs_table()
             return
-        yield "Starting...", table(RESULT_HEADERS, []), gr.update(interactive=False)
-        for progress, results in stream_job(job, self.render, self.interval):
-            yield progress, results, gr.update(interactive=not job.running)
+        for snapshot in stream_job(job, self.interval):
+            progress, results = self.render(snapshot)
+            running = snapshot["status"] not in joblib.FINISHED
+            yield progress, results, gr.update(interactive=not running), self.jobs_table()
 
     def stop_event(self) -> str:
         return self.stop()
 
 
-def stream_job(job: BatchJob, render: Callable[[BatchJob], Any], interval: float = 0.5) -> Iterator[Any]:
-    """Yield ``render(job)`` every ``interval`` seconds until the job ends, then once more."""
-    while not job.wait(interval):
-        yield render(job)
-    yield render(job)
+def stream_job(job: joblib.Job, interval: float | None = None) -> Iterator[dict[str, Any]]:
+    """The job's snapshot (with its latest results) now, then after each change (or every ``interval``
+    seconds without one), until it has finished."""
+    while True:
+        snapshot = job.snapshot(results=True)
+        yield snapshot
+        if snapshot["status"] in joblib.FINISHED:
+            return
+        job.wait_change(snapshot["version"], interval)
 
 
 def _separator(value: Any) -> str | None:
@@ -472,12 +437,18 @@ def _clock(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _progress_text(job: BatchJob) -> str:
-    stopping = " (stopping after the current images)" if job.stop_requested.is_set() else ""
-    if job.progress is None:
-        return f"Loading the model and reading {job.options.root}...{stopping}"
-    done, total, info = job.progress
-    parts = [f"{done} / {total} images"]
+def _progress_text(snapshot: Mapping[str, Any]) -> str:
+    stopping = " (stopping after the current images)" if snapshot["stop_requested"] else ""
+    if snapshot["status"] == joblib.QUEUED:
+        behind = snapshot["queued_behind"]
+        if behind is None:
+            return f"Queued...{stopping}"
+        more = f" ({snapshot['ahead']} jobs ahead)" if snapshot["ahead"] > 1 else ""
+        return f"Queued behind {joblib.describe(behind)}{more}{stopping}"
+    info = snapshot["details"]
+    if not info:
+        return f"Loading the model and reading {snapshot['label']}...{stopping}"
+    parts = [f"{snapshot['done']} / {snapshot['total']} images"]
     rate = info.get("images_per_second") or 0.0
     if rate:
         parts.append(f"{rate:.2f} images/s")
@@ -493,69 +464,66 @@ def _progress_text(job: BatchJob) -> str:
     return text
 
 
-def _counts_text(counts: dict[str, int]) -> str:
+def _counts_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items() if n)
 
 
-def _failures_text(summary: Any, limit: int = 20) -> str:
-    failures = list(getattr(summary, "failures", ()) or ())
+def _failures_text(summary: Mapping[str, Any], limit: int = 20) -> str:
+    failures = list(summary.get("failures") or ())
     if not failures:
         return ""
-    lines = [f"\nFailed ({len(failures)}):"] + [f"  {f.key}: {f.reason}" for f in failures[:limit]]
+    lines = [f"\nFailed ({len(failures)}):"] + [f"  {f['key']}: {f['reason']}" for f in failures[:limit]]
     if len(failures) > limit:
         lines.append(f"  ... and {len(failures) - limit} more")
     return "\n".join(lines)
 
 
-def _summary_text(summary: Any) -> str:
-    if summary is None:
-        return "Finished."
-    head = "Stopped" if summary.stopped else "Done"
-    seconds = summary.seconds.get("total", 0.0)
+def _summary_text(summary: Mapping[str, Any]) -> str:
+    head = "Stopped" if summary["stopped"] else "Done"
+    seconds = summary["seconds"].get("total", 0.0)
     text = (
-        f"{head}: {summary.processed} of {summary.planned} images to caption in {seconds:.1f} s "
-        f"({summary.images_per_second:.2f} images/s); {summary.total} found in {summary.root}."
+        f"{head}: {summary['processed']} of {summary['planned']} images to caption in {seconds:.1f} s "
+        f"({summary['images_per_second']:.2f} images/s); {summary['total']} found in {summary['root']}."
     )
-    counts = _counts_text(summary.counts)
+    counts = _counts_text(summary["counts"])
     if counts:
         text += f"\n{counts}."
-    if summary.manifest:
-        text += f"\nManifest: {summary.manifest}"
+    if summary.get("manifest"):
+        text += f"\nManifest: {summary['manifest']}"
     return text + _failures_text(summary)
 
 
-def _dry_run_text(summary: Any) -> str:
-    plan = _counts_text(summary.plan_counts) or "nothing"
+def _dry_run_text(summary: Mapping[str, Any]) -> str:
+    plan = _counts_text(summary["plan_counts"]) or "nothing"
     text = (
-        f"Dry run (nothing written): {summary.total} images found in {summary.root}; "
-        f"{summary.planned} to caption.\nPlan: {plan}."
+        f"Dry run (nothing written): {summary['total']} images found in {summary['root']}; "
+        f"{summary['planned']} to caption.\nPlan: {plan}."
     )
-    if summary.preview:
-        text += f"\nPreview of the first {len(summary.preview)} captions below."
+    if summary.get("preview"):
+        text += f"\nPreview of the first {len(summary['preview'])} captions below."
     return text + _failures_text(summary)
 
 
-def _results_table(job: BatchJob) -> dict[str, Any]:
+def _results_table(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rows = [
-        [r.key, r.action, r.caption, r.error if r.error else (r.sidecar or "manifest")]
-        for r in job.latest_results()
+        [r["key"], r["action"], r.get("caption", ""), r.get("error") or r.get("sidecar") or "manifest"]
+        for r in results
     ]
     return table(RESULT_HEADERS, rows)
 
 
-def _preview_table(summary: Any) -> dict[str, Any]:
-    rows = [[p.key, p.action, p.caption, p.text] for p in summary.preview]
+def _preview_table(summary: Mapping[str, Any]) -> dict[str, Any]:
+    rows = [[p["key"], p["action"], p["caption"], p["text"]] for p in summary["preview"]]
     return table(PREVIEW_HEADERS, rows)
 
 
 __all__ = [
     "CANDIDATE_HEADERS",
+    "JOB_HEADERS",
     "RESULT_HEADERS",
     "BatchController",
     "BatchInputs",
     "MODEL_DEFAULT",
-    "STRATEGY_CHOICES",
-    "BatchJob",
     "CaptionController",
     "CaptionOutputs",
     "DecodingInputs",

@@ -9,41 +9,57 @@ The work behind the buttons is in ``icg.ui.handlers`` and calls only the service
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from icg.sinks import SIDECAR_POLICIES
+from icg.options import BATCH, CAPTION, DECODING, MODEL_DEFAULT, TEMPLATE, Option
 from icg.ui.compat import copy_button_kwargs
 from icg.ui.handlers import (
-    BATCH_TEMPLATE,
     CANDIDATE_HEADERS,
+    JOB_HEADERS,
+    MAX_RESULT_ROWS,
     RESULT_HEADERS,
-    STRATEGY_CHOICES,
     BatchController,
+    BatchInputs,
     CaptionController,
     DecodingInputs,
+    PromptInputs,
     table,
 )
 from icg.ui.service import UiDefaults
 
 logger = logging.getLogger(__name__)
 
+#: The decoding controls in view; every other decoding option goes to "More decoding options".
+DECODING_ROWS = (
+    ("strategy", "style", "num_samples", "num_beams", "seed"),
+    ("temperature", "top_k", "top_p", "max_new_tokens"),
+)
+#: What an empty number box means, for the options that may be left empty.
+EMPTY = {"batch_size": "automatic", "max_keywords": "all"}
 
-@dataclass
-class DecodingControls:
-    """The decoding inputs, in the order of ``icg.ui.handlers.DecodingInputs``."""
 
-    strategy: Any
-    num_beams: Any
-    temperature: Any
-    top_k: Any
-    top_p: Any
-    max_new_tokens: Any
-    seed: Any
-    num_samples: Any
+class OptionControls:
+    """The controls of some options (by name), handed to the handlers in the order of ``names``."""
+
+    def __init__(self, names: tuple[str, ...], components: dict[str, Any]) -> None:
+        missing = [name for name in names if name not in components]
+        if missing:
+            raise ValueError(f"no control for {', '.join(missing)}")
+        self.names = names
+        self.components = components
+
+    def __getattr__(self, name: str) -> Any:
+        components = self.__dict__.get("components")
+        if components is not None and name in components:
+            return components[name]
+        raise AttributeError(name)
 
     def inputs(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(DecodingInputs)]
+        return [self.components[name] for name in self.names]
+
+
+DecodingControls = OptionControls
 
 
 @dataclass
@@ -51,17 +67,14 @@ class CaptionPanel:
     image: Any
     model: Any
     refresh_models: Any
-    decoding: DecodingControls
+    decoding: OptionControls
     caption_button: Any
     caption: Any
     info: Any
     candidates: Any
     keywords: Any
     regenerate_button: Any
-    template: Any
-    prefix: Any
-    suffix: Any
-    lowercase: Any
+    prompt_options: OptionControls
     prompt: Any
     controller: CaptionController = field(repr=False)
 
@@ -72,43 +85,34 @@ class CaptionPanel:
 
     @property
     def prompt_inputs(self) -> list[Any]:
-        return [self.template, self.prefix, self.suffix, self.lowercase]
+        return self.prompt_options.inputs()
+
+    @property
+    def template(self) -> Any:
+        return self.prompt_options.template
 
 
 @dataclass
 class BatchPanel:
-    folder: Any
-    model: Any
-    recursive: Any
-    extensions: Any
-    sidecar_extension: Any
-    output_dir: Any
-    policy: Any
-    separator: Any
-    write_sidecars: Any
-    manifest: Any
-    resume: Any
-    batch_size: Any
-    template: Any
-    prefix: Any
-    suffix: Any
-    lowercase: Any
-    max_keywords: Any
-    keep_period: Any
-    dry_run: Any
-    preview: Any
-    decoding: DecodingControls
+    fields: OptionControls  # the folder fields, then the BATCH and TEMPLATE options (``BatchInputs``)
+    decoding: OptionControls
     start_button: Any
     stop_button: Any
     progress: Any
     results: Any
+    jobs: Any
+    refresh_jobs: Any
     controller: BatchController = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        fields_ = self.__dict__.get("fields")
+        if fields_ is not None and name in fields_.components:
+            return fields_.components[name]
+        raise AttributeError(name)
 
     def inputs(self) -> list[Any]:
         """The Start button's inputs: the ``BatchInputs`` fields in order, then the decoding controls."""
-        from icg.ui.handlers import BatchInputs
-
-        return [getattr(self, f.name) for f in fields(BatchInputs)] + self.decoding.inputs()
+        return self.fields.inputs() + self.decoding.inputs()
 
 
 @dataclass
@@ -119,19 +123,22 @@ class IcgPanels:
 
 
 # ------------------------------------------------------------------------------------------ builders
-def build_panels(service: Any, defaults: UiDefaults | None = None) -> IcgPanels:
-    """The Caption and Batch tabs, inside the current ``gr.Blocks`` (or ``gr.Tabs``) context."""
+def build_panels(service: Any, defaults: UiDefaults | None = None, registry: Any = None) -> IcgPanels:
+    """The Caption and Batch tabs, inside the current ``gr.Blocks`` (or ``gr.Tabs``) context; batches run
+    in ``registry`` (default: the process's job registry)."""
     import gradio as gr
 
     defaults = defaults or UiDefaults()
     with gr.Tab("Caption", elem_id="icg_tab_caption"):
         caption = build_caption_panel(service, defaults)
     with gr.Tab("Batch", elem_id="icg_tab_batch"):
-        batch = build_batch_panel(service, defaults)
+        batch = build_batch_panel(service, defaults, registry)
     return IcgPanels(caption=caption, batch=batch, service=service)
 
 
-def build_app(service: Any, defaults: UiDefaults | None = None, title: str = "Image Caption"):
+def build_app(
+    service: Any, defaults: UiDefaults | None = None, title: str = "Image Caption", registry: Any = None
+):
     """A standalone ``gr.Blocks`` with both tabs and the queue on; returns ``(demo, panels)``."""
     import gradio as gr
 
@@ -139,7 +146,7 @@ def build_app(service: Any, defaults: UiDefaults | None = None, title: str = "Im
 
     with gr.Blocks(**blocks_kwargs(title)) as demo:
         gr.Markdown(f"## {title}", elem_id="icg_title")
-        panels = build_panels(service, defaults)
+        panels = build_panels(service, defaults, registry)
     enable_queue(demo)
     return demo, panels
 
@@ -179,17 +186,7 @@ def build_caption_panel(service: Any, defaults: UiDefaults | None = None) -> Cap
                 )
                 regenerate = gr.Button("Regenerate", scale=1, elem_id="icg_regenerate_button")
             with gr.Accordion("Prompt template", open=False, elem_id="icg_prompt_template"):
-                template = gr.Textbox(
-                    value=defaults.template,
-                    label="Template: {prefix} {caption} {keywords} {suffix}",
-                    elem_id="icg_template",
-                )
-                with gr.Row():
-                    prefix = gr.Textbox(value=defaults.prefix, label="Prefix", elem_id="icg_prefix")
-                    suffix = gr.Textbox(value=defaults.suffix, label="Suffix", elem_id="icg_suffix")
-                    lowercase = gr.Checkbox(
-                        value=defaults.lowercase, label="Lower case", elem_id="icg_lowercase"
-                    )
+                prompt_options = _template_controls(defaults, "icg_", defaults.template)
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="icg_prompt", **copy)
     panel = CaptionPanel(
         image=image,
@@ -202,10 +199,7 @@ def build_caption_panel(service: Any, defaults: UiDefaults | None = None) -> Cap
         candidates=candidates,
         keywords=keywords,
         regenerate_button=regenerate,
-        template=template,
-        prefix=prefix,
-        suffix=suffix,
-        lowercase=lowercase,
+        prompt_options=prompt_options,
         prompt=prompt,
         controller=controller,
     )
@@ -223,101 +217,69 @@ def build_caption_panel(service: Any, defaults: UiDefaults | None = None) -> Cap
     return panel
 
 
-def build_batch_panel(service: Any, defaults: UiDefaults | None = None) -> BatchPanel:
+def build_batch_panel(service: Any, defaults: UiDefaults | None = None, registry: Any = None) -> BatchPanel:
     import gradio as gr
 
     defaults = defaults or UiDefaults()
-    controller = BatchController(service, defaults)
+    controller = BatchController(service, defaults, registry=registry)
     folders = bool(defaults.allow_folders)
     folder_note = "" if folders else " (fixed by the host)"
+    parts: dict[str, Any] = {}
+
+    def put(name: str) -> None:
+        value = getattr(defaults, name)
+        parts[name] = option_control(BATCH[name], value, f"icg_batch_{name}", EMPTY.get(name))
+
     with gr.Column(elem_id="icg_batch_panel"):
         with gr.Row():
-            folder = gr.Textbox(
+            parts["folder"] = gr.Textbox(
                 value=defaults.batch_folder,
                 label="Folder of images" + folder_note,
                 interactive=folders,
                 scale=3,
                 elem_id="icg_batch_folder",
             )
-            model, _refresh = _model_dropdown(service, defaults, "icg_batch_model")
+            parts["model"], refresh = _model_dropdown(service, defaults, "icg_batch_model")
         with gr.Row():
-            recursive = gr.Checkbox(
-                value=defaults.recursive, label="Sub-folders too", elem_id="icg_batch_recursive"
+            for name in ("recursive", "write_sidecars", "resume"):
+                put(name)
+            parts["dry_run"] = gr.Checkbox(
+                value=False, label="Dry run (write nothing)", elem_id="icg_batch_dry_run"
             )
-            write_sidecars = gr.Checkbox(
-                value=True, label="Write caption files", elem_id="icg_batch_sidecars"
-            )
-            resume = gr.Checkbox(value=True, label="Resume (keep the manifest)", elem_id="icg_batch_resume")
-            dry_run = gr.Checkbox(value=False, label="Dry run (write nothing)", elem_id="icg_batch_dry_run")
         with gr.Accordion("Output", open=True, elem_id="icg_batch_output"):
             with gr.Row():
-                sidecar_extension = gr.Textbox(
-                    value=defaults.sidecar_extension,
-                    label="Caption file extension",
-                    elem_id="icg_batch_extension",
-                )
-                policy = gr.Radio(
-                    choices=list(SIDECAR_POLICIES),
-                    value=defaults.sidecar_policy,
-                    label="Existing caption files",
-                    elem_id="icg_batch_policy",
-                )
-                separator = gr.Textbox(
+                put("sidecar_extension")
+                put("policy")
+                parts["separator"] = gr.Textbox(
                     value="",
                     label="Append/prepend separator (empty: a new line)",
                     elem_id="icg_batch_separator",
                 )
             with gr.Row():
-                output_dir = gr.Textbox(
+                parts["output_dir"] = gr.Textbox(
                     value=defaults.output_folder,
                     label="Output folder (empty: beside the images)" + folder_note,
                     interactive=folders,
                     elem_id="icg_batch_output_dir",
                 )
-                manifest = gr.Textbox(
+                parts["manifest"] = gr.Textbox(
                     value=defaults.manifest,
                     label="Manifest .jsonl or .csv (empty: none)" + folder_note,
                     interactive=folders,
                     elem_id="icg_batch_manifest",
                 )
             with gr.Row():
-                extensions = gr.Textbox(
+                parts["extensions"] = gr.Textbox(
                     value="",
                     label="Image extensions (empty: all readable)",
-                    elem_id="icg_batch_image_extensions",
+                    elem_id="icg_batch_extensions",
                 )
-                batch_size = gr.Number(
-                    value=defaults.batch_size,
-                    precision=0,
-                    label="Batch size (0: automatic)",
-                    elem_id="icg_batch_size",
-                )
-                preview = gr.Number(
-                    value=3, precision=0, label="Dry-run preview", elem_id="icg_batch_preview"
-                )
+                for name in BATCH.names:
+                    if name not in parts:
+                        put(name)
         with gr.Accordion("Caption file text", open=False, elem_id="icg_batch_text"):
-            template = gr.Textbox(
-                value=BATCH_TEMPLATE,
-                label="Template: {prefix} {caption} {keywords} {suffix}",
-                elem_id="icg_batch_template",
-            )
-            with gr.Row():
-                prefix = gr.Textbox(value=defaults.prefix, label="Prefix", elem_id="icg_batch_prefix")
-                suffix = gr.Textbox(value=defaults.suffix, label="Suffix", elem_id="icg_batch_suffix")
-                lowercase = gr.Checkbox(
-                    value=defaults.lowercase, label="Lower case", elem_id="icg_batch_lowercase"
-                )
-            with gr.Row():
-                max_keywords = gr.Textbox(
-                    value="",
-                    label="Max keywords (empty: all)",
-                    lines=1,
-                    max_lines=1,
-                    elem_id="icg_batch_max_keywords",
-                )
-                keep_period = gr.Checkbox(
-                    value=False, label="Keep the final period", elem_id="icg_batch_keep_period"
-                )
+            template = _template_controls(defaults, "icg_batch_", defaults.batch_template)
+        parts.update(template.components)
         with gr.Accordion("Decoding", open=False, elem_id="icg_batch_decoding"):
             decoding = _decoding_controls(defaults, "icg_batch_")
         with gr.Row():
@@ -328,43 +290,38 @@ def build_batch_panel(service: Any, defaults: UiDefaults | None = None) -> Batch
             value=table(RESULT_HEADERS, []),
             headers=RESULT_HEADERS,
             datatype=["str", "str", "str", "str"],
-            label="Results (latest 500)",
+            label=f"Results (latest {MAX_RESULT_ROWS})",
             interactive=False,
             wrap=True,
             elem_id="icg_batch_results",
         )
+        with gr.Accordion("Jobs (this tab's, the API's and auto-captioning)", open=False, elem_id="icg_jobs"):
+            jobs = gr.Dataframe(
+                value=controller.jobs_table(),
+                headers=JOB_HEADERS,
+                datatype=["str"] * len(JOB_HEADERS),
+                label="Jobs (newest first)",
+                interactive=False,
+                wrap=True,
+                elem_id="icg_jobs_table",
+            )
+            refresh_jobs = gr.Button("Refresh", elem_id="icg_jobs_refresh")
     panel = BatchPanel(
-        folder=folder,
-        model=model,
-        recursive=recursive,
-        extensions=extensions,
-        sidecar_extension=sidecar_extension,
-        output_dir=output_dir,
-        policy=policy,
-        separator=separator,
-        write_sidecars=write_sidecars,
-        manifest=manifest,
-        resume=resume,
-        batch_size=batch_size,
-        template=template,
-        prefix=prefix,
-        suffix=suffix,
-        lowercase=lowercase,
-        max_keywords=max_keywords,
-        keep_period=keep_period,
-        dry_run=dry_run,
-        preview=preview,
+        fields=OptionControls(BatchInputs.NAMES, parts),
         decoding=decoding,
         start_button=start,
         stop_button=stop,
         progress=progress,
         results=results,
+        jobs=jobs,
+        refresh_jobs=refresh_jobs,
         controller=controller,
     )
-    start.click(controller.run_event, inputs=panel.inputs(), outputs=[progress, results, start])
+    start.click(controller.run_event, inputs=panel.inputs(), outputs=[progress, results, start, jobs])
     # Not queued: under gradio 3.x's single worker pool a queued Stop would wait for the batch it stops.
     stop.click(controller.stop_event, inputs=[], outputs=[progress], queue=False)
-    _wire_refresh(_refresh, model, service)
+    refresh_jobs.click(controller.jobs_table, inputs=[], outputs=[jobs], queue=False)
+    _wire_refresh(refresh, parts["model"], service)
     return panel
 
 
@@ -395,43 +352,76 @@ def _wire_refresh(button: Any, dropdown: Any, service: Any) -> None:
     button.click(refresh, inputs=[dropdown], outputs=[dropdown], queue=False)
 
 
-def _decoding_controls(defaults: UiDefaults, prefix: str) -> DecodingControls:
-    """Number fields are text boxes: empty means "the model's default" (a gradio 3 ``Number`` cannot be
-    empty: it sends 0, which is a real value for top-k)."""
+def option_control(option: Option, value: Any, elem_id: str, empty: str | None = None) -> Any:
+    """The control of one ``icg.options`` option: its label, its help as info, a dropdown of its choices,
+    a checkbox, a text box, or a slider with its bounds and step. ``empty``: what an empty control means
+    (e.g. "model default"); such a number is a text box (a gradio 3 ``Number`` cannot be empty) that
+    states the bounds, and a choice gets ``MODEL_DEFAULT`` first. The handlers check every value with
+    ``Option.check``."""
     import gradio as gr
 
-    def number(name: str, label: str, value: Any, placeholder: str = "model default") -> Any:
-        return gr.Textbox(
-            value="" if value is None else str(value),
-            label=label,
-            placeholder=placeholder,
-            lines=1,
-            max_lines=1,
-            elem_id=f"{prefix}{name}",
+    common = {"label": option.label, "elem_id": elem_id}
+    if option.choices:
+        choices = [MODEL_DEFAULT, *option.choices] if empty else list(option.choices)
+        initial = value if value is not None else (MODEL_DEFAULT if empty else option.default)
+        return gr.Dropdown(choices=choices, value=initial, info=option.help, **common)
+    if option.type is bool:
+        return gr.Checkbox(value=bool(option.default if value is None else value), info=option.help, **common)
+    if option.type in (int, float) and empty is None and None not in (option.minimum, option.maximum):
+        return gr.Slider(
+            minimum=option.minimum,
+            maximum=option.maximum,
+            step=option.step or (1 if option.type is int else None),
+            value=option.default if value is None else value,
+            info=option.help,
+            **common,
         )
-
-    with gr.Row():
-        strategy = gr.Dropdown(
-            choices=list(STRATEGY_CHOICES),
-            value=defaults.strategy or STRATEGY_CHOICES[0],
-            label="Strategy",
-            elem_id=f"{prefix}strategy",
-        )
-        num_samples = number("num_samples", "Candidates (samples; SBG)", defaults.num_samples)
-        num_beams = number("num_beams", "Beams", defaults.num_beams)
-        seed = number("seed", "Seed (-1: a new random one)", defaults.seed, placeholder="model default")
-    with gr.Row():
-        temperature = number("temperature", "Temperature", defaults.temperature)
-        top_k = number("top_k", "Top-k (0: off)", defaults.top_k)
-        top_p = number("top_p", "Top-p", defaults.top_p)
-        max_new_tokens = number("max_new_tokens", "Max new tokens", defaults.max_new_tokens)
-    return DecodingControls(
-        strategy=strategy,
-        num_beams=num_beams,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        num_samples=num_samples,
+    info = option.help
+    if option.type in (int, float):
+        info = f"{option.help}; {option.bounds_text()}"
+    return gr.Textbox(
+        value="" if value is None else str(value),
+        placeholder=empty or "",
+        info=info,
+        lines=1,
+        max_lines=1,
+        **common,
     )
+
+
+def _decoding_controls(defaults: UiDefaults, prefix: str) -> OptionControls:
+    """Every option of ``DECODING`` and ``CAPTION``: the common ones in view, the rest in "More decoding
+    options". Empty (or "model default") keeps the model's own value."""
+    import gradio as gr
+
+    options = {o.name: o for group in (DECODING, CAPTION) for o in group}
+    parts: dict[str, Any] = {}
+
+    def put(name: str) -> None:
+        parts[name] = option_control(options[name], getattr(defaults, name), f"{prefix}{name}", MODEL_DEFAULT)
+
+    for row in DECODING_ROWS:
+        with gr.Row():
+            for name in row:
+                put(name)
+    more = gr.Accordion("More decoding options", open=False, elem_id=f"{prefix}more_decoding")
+    with more, gr.Row():
+        for name in options:
+            if name not in parts:
+                put(name)
+    return OptionControls(DecodingInputs.NAMES, parts)
+
+
+def _template_controls(defaults: UiDefaults, prefix: str, template: str) -> OptionControls:
+    """Every option of ``TEMPLATE``, the template box starting at ``template``."""
+    import gradio as gr
+
+    parts: dict[str, Any] = {}
+    initial = {**{name: getattr(defaults, name) for name in TEMPLATE.names}, "template": template}
+    parts["template"] = option_control(TEMPLATE["template"], template, f"{prefix}template")
+    with gr.Row():
+        for option in TEMPLATE:
+            if option.name != "template":
+                name = option.name
+                parts[name] = option_control(option, initial[name], f"{prefix}{name}", EMPTY.get(name))
+    return OptionControls(PromptInputs.NAMES, parts)

@@ -9,46 +9,65 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import make_dataclass
+from typing import Any, Optional
 
 from icg.captioners.result import CaptionResult
 from icg.errors import ConfigError, IcgError
-from icg.options import DEFAULT_MODEL, DEFAULT_TEMPLATE, CaptionOptions
+from icg.options import (
+    BATCH,
+    BATCH_TEMPLATE,
+    CAPTION,
+    DECODING,
+    DEFAULT_MODEL,
+    MODEL_DEFAULT,
+    RANDOM_SEED,
+    TEMPLATE,
+    CaptionOptions,
+)
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class UiDefaults:
-    """Initial values of the panels (the WebUI fills them from its settings).
+#: The panels' own initial values beside the options: the model, the batch template and the folders.
+#: ``allow_folders`` False (the WebUI's ``--hide-ui-dir-config``): the folder fields are fixed to the
+#: values given here and the user cannot type other paths.
+_PANEL_FIELDS = (
+    ("model", Optional[str], None),  # noqa: UP045 - make_dataclass needs a runtime type
+    ("batch_template", str, BATCH_TEMPLATE),
+    ("batch_folder", str, ""),
+    ("output_folder", str, ""),
+    ("manifest", str, ""),
+    ("allow_folders", bool, True),
+)
+#: Decoding options start empty (the model's own default), except the seed: a new one each time.
+_DECODING_INITIAL = {**dict.fromkeys((*DECODING.names, *CAPTION.names)), "seed": RANDOM_SEED}
 
-    ``model`` None: the service's default model. Decoding values None: the model's own default.
-    ``allow_folders`` False (the WebUI's ``--hide-ui-dir-config``): the folder fields are fixed to the
-    values given here and the user cannot type other paths.
-    """
 
-    model: str | None = None
-    strategy: str | None = None
-    num_beams: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    seed: int = -1
-    num_samples: int | None = None
-    template: str = DEFAULT_TEMPLATE
-    prefix: str = ""
-    suffix: str = ""
-    lowercase: bool = False
-    batch_folder: str = ""
-    output_folder: str = ""
-    manifest: str = ""
-    sidecar_extension: str = ".txt"
-    sidecar_policy: str = "skip"
-    recursive: bool = True
-    batch_size: int = 0  # 0: automatic
-    allow_folders: bool = True
+def _option_fields() -> list[tuple[str, Any, Any]]:
+    out = [(name, Any, value) for name, value in _DECODING_INITIAL.items()]
+    out += [(o.name, Any, o.default) for group in (TEMPLATE, BATCH) for o in group]
+    return out
+
+
+def _check_defaults(self: Any) -> None:
+    for group in (DECODING, CAPTION, TEMPLATE, BATCH):
+        for option in group:
+            given = getattr(self, option.name)
+            if not (isinstance(given, str) and given == MODEL_DEFAULT):
+                object.__setattr__(self, option.name, option.check(given, "UI defaults"))
+
+
+UiDefaults = make_dataclass(
+    "UiDefaults",
+    [*_PANEL_FIELDS, *_option_fields()],
+    frozen=True,
+    namespace={"__post_init__": _check_defaults, "__module__": __name__},
+)
+UiDefaults.__doc__ = """Initial values of the panels (the WebUI fills them from its settings): one field
+per option of ``icg.options`` (DECODING, CAPTION, TEMPLATE, BATCH; checked by ``Option.check``) and
+the panels' own fields. ``model`` None: the service's default model. Decoding values None: the model's
+own default."""
 
 
 class CaptionService:

@@ -28,21 +28,11 @@ def on_app_started(demo: Any, app: Any) -> Any:
         except ConfigError as err:
             logger.error("Image Caption: --api-auth is malformed (%s); /icg/v1 not mounted", err)
             return None
+    from icg.jobs import registry
+
     service = get_service()
+    # The process's job registry: API batches queue with the tab's batches and auto-captioning, and
+    # outlive UI reloads (the WebUI mounts the routes again on a new app).
     return mount_api(
-        app, service, auth=auth, queue_lock=service.lock, hide_dirs=host.hide_dirs(), jobs=api_jobs()
+        app, service, auth=auth, queue_lock=service.lock, hide_dirs=host.hide_dirs(), jobs=registry()
     )
-
-
-_JOBS: Any = None
-
-
-def api_jobs() -> Any:
-    """The API's batch jobs; kept across UI reloads (the WebUI mounts the routes again on a new app)."""
-    global _JOBS
-    if _JOBS is None:
-        from icg.jobs import JobRegistry
-
-        _JOBS = JobRegistry()
-    return _JOBS
-

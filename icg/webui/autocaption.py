@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+from icg import jobs
 from icg.errors import IcgError
 from icg.webui import host
 from icg.webui.service import WebUIService, get_service
@@ -17,80 +18,68 @@ logger = logging.getLogger(__name__)
 
 AUTOCAPTION_QUEUE = 256
 AUTOCAPTION_CHUNK = 16  # images captioned per hold of the queue lock
+KIND = "autocaption"
 
 
 class AutoCaptioner:
-    """Writes a caption file beside each saved image in one background thread.
+    """Writes a caption file beside each saved image, as jobs of kind "autocaption" in the process's job
+    registry (``icg.jobs``), beside the Batch tab's and the API's batches.
 
-    ``on_image_saved`` only queues the file name (the image is already on disk), so generation is never
-    slowed by more than the captioning itself, which waits for the WebUI's queue lock (that is, for the
-    generation to finish). The queue is bounded: when it is full, images are skipped with a warning.
+    ``on_image_saved`` only hands the file name over (the image is already on disk), so generation is
+    never slowed by more than the captioning itself, which waits for the WebUI's queue lock (that is, for
+    the generation to finish). At most ``maxsize`` images wait: beyond that they are skipped with a
+    warning. Each job captions up to ``AUTOCAPTION_CHUNK`` images under one hold of the lock and records
+    what it wrote and what failed on itself (bounded, like every job of the registry).
     """
 
-    def __init__(self, maxsize: int = AUTOCAPTION_QUEUE) -> None:
-        self.queue: queue.Queue[str] = queue.Queue(maxsize=maxsize)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.written: list[str] = []
-        self.errors: list[str] = []
+    def __init__(self, registry: jobs.JobRegistry | None = None, maxsize: int = AUTOCAPTION_QUEUE) -> None:
+        self.feed = jobs.Feed(
+            registry if registry is not None else jobs.registry(),
+            KIND,
+            self._caption_all,
+            maxsize=maxsize,
+            chunk=AUTOCAPTION_CHUNK,
+            label="images the WebUI saved",
+        )
         self._warned_txt = False
 
     def submit(self, filename: str) -> bool:
-        try:
-            self.queue.put_nowait(filename)
-        except queue.Full:
+        if not self.feed.submit(filename):
             logger.warning("Image Caption: auto-caption queue full; %s not captioned", filename)
             return False
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="icg-autocaption", daemon=True)
-                self._thread.start()
         return True
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is done (tests); True when it is."""
-        done = threading.Event()
+        """Wait until everything handed over so far is done; True when it is."""
+        return self.feed.join(timeout)
 
-        def wait() -> None:
-            self.queue.join()
-            done.set()
+    def jobs(self) -> list[jobs.Job]:
+        """The recent auto-caption jobs, oldest first."""
+        return self.feed.jobs()
 
-        threading.Thread(target=wait, daemon=True).start()
-        return done.wait(timeout)
-
-    def _run(self) -> None:
-        while True:
-            names = [self.queue.get()]
-            while len(names) < AUTOCAPTION_CHUNK:
-                try:
-                    names.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._caption_all(names)
-            except Exception as err:  # the job itself failed (e.g. the model): report, keep the worker
-                self.errors.extend(f"{name}: {err}" for name in names)
-                logger.warning(
-                    "Image Caption: auto-caption failed: %s", err, exc_info=not isinstance(err, IcgError)
-                )
-            finally:
-                for _ in names:
-                    self.queue.task_done()
-
-    def _caption_all(self, names: list[str]) -> None:
-        """One job (the queue lock, the models loaded once) for up to ``AUTOCAPTION_CHUNK`` images."""
+    def _caption_all(self, job: jobs.Job, names: Sequence[str]) -> dict[str, Any]:
+        """One job (the queue lock, the settings read and the models loaded once) for ``names``."""
+        written = failed = 0
         service = get_service()
         with service.snapshot() as settings:
             if self._clashes_with_parameter_files(settings):
-                return
+                return {"images": len(names), "written": 0, "failed": 0, "skipped": len(names)}
             model = settings.model_for(settings.autocaption_model)
-            with service.job("autocaption", track_state=False):
-                for name in names:
+            with service.job(KIND, track_state=False):
+                for done, name in enumerate(names, 1):
+                    if job.should_stop():
+                        break
                     try:
-                        self.caption(service, settings, model, name)
+                        sidecar, action = self.caption(service, settings, model, name)
                     except IcgError as err:
-                        self.errors.append(f"{name}: {err}")
+                        failed += 1
+                        job.add_result({"key": name, "action": "failed", "error": str(err)})
                         logger.warning("Image Caption: no caption for %s: %s", name, err)
+                    else:
+                        written += action != "skip"
+                        job.add_result({"key": name, "action": action, "sidecar": sidecar})
+                    job.progress(done, len(names), failed=failed, current=name)
+        return {"images": len(names), "written": written, "failed": failed, "skipped": 0}
 
     def _clashes_with_parameter_files(self, settings: Settings) -> bool:
         from icg.sinks import normalise_extension
@@ -105,26 +94,28 @@ class AutoCaptioner:
             self._warned_txt = True
         return clash
 
-    def caption(self, service: WebUIService, settings: Settings, model: str, filename: str) -> str:
+    def caption(
+        self, service: WebUIService, settings: Settings, model: str, filename: str
+    ) -> tuple[str, str]:
+        """Caption ``filename`` into its caption file: ``(caption file, what was done)``."""
         from icg.sinks import sidecar_path, write_sidecar
 
         sidecar = sidecar_path(filename, extension=settings.sidecar_extension)
         result = service.caption_in_job(filename, model)
         text = settings.template_obj().compose(result.caption, [k.text for k in result.keywords])
-        action = write_sidecar(sidecar, text, settings.sidecar_policy)
-        if action != "skip":
-            self.written.append(str(sidecar))
-        return action
+        return str(sidecar), write_sidecar(sidecar, text, settings.sidecar_policy)
 
 
 _AUTOCAPTIONER: AutoCaptioner | None = None
+_AUTOCAPTIONER_LOCK = threading.Lock()
 
 
 def autocaptioner() -> AutoCaptioner:
     global _AUTOCAPTIONER
-    if _AUTOCAPTIONER is None:
-        _AUTOCAPTIONER = AutoCaptioner()
-    return _AUTOCAPTIONER
+    with _AUTOCAPTIONER_LOCK:
+        if _AUTOCAPTIONER is None:
+            _AUTOCAPTIONER = AutoCaptioner()
+        return _AUTOCAPTIONER
 
 
 def _is_grid(filename: str) -> bool:

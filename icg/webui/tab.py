@@ -71,7 +71,7 @@ def ui_defaults() -> UiDefaults:
         suffix=settings.suffix,
         batch_folder=default_output_folder(),
         sidecar_extension=settings.sidecar_extension,
-        sidecar_policy=settings.sidecar_policy,
+        policy=settings.sidecar_policy,
         recursive=True,
         allow_folders=not host.hide_dirs(),
     )
