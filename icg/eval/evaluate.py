@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from typing import Any
 from icg.errors import ConfigError
 from icg.eval.metrics import METRICS, TOKENIZATIONS, CaptionScorer, JavaStatus, format_table
 from icg.options import CaptionOptions
+from icg.sinks import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +258,4 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -66,10 +65,6 @@ class ImportResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def clip_feature_dim(clip: Mapping[str, Any]) -> int | None:
     """The feature width of a CLIP (ClipSpec fields); None when it can't be told here.
 

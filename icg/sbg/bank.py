@@ -11,7 +11,6 @@ sha256 of the CLIP model id and the exact prompt strings. A stale or unreadable 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -20,7 +19,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Protocol
 import torch
 
 from icg.sbg.vocab import Vocabulary
+from icg.sinks import atomic_write_json, atomic_write_with
 
 logger = logging.getLogger(__name__)
 
@@ -388,27 +387,9 @@ def _write_cache(
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
-        _atomic(path, directory, lambda tmp: save_file({"features": features.cpu().contiguous()}, tmp, meta))
-        _atomic(sidecar, directory, lambda tmp: _dump_json(info, tmp))
+        atomic_write_with(path, lambda tmp: save_file({"features": features.cpu().contiguous()}, tmp, meta))
+        atomic_write_json(sidecar, info)
     except Exception as err:  # a cache: failing to write it (read-only folder, full disk) is not fatal
         logger.warning("could not write the SBG bank cache %s (%s); continuing without it", path, err)
         return
     logger.info("cached %d SBG prompt features in %s", len(prompts), path)
-
-
-def _dump_json(data: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-
-
-def _atomic(path: str, directory: str, write) -> None:
-    """Run ``write(tmp)`` on a fresh name in ``directory`` (normal umask permissions), then rename."""
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

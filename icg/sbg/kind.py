@@ -27,6 +27,7 @@ from icg.captioners.kinds import (
     tensor_shapes,
 )
 from icg.errors import CheckpointError, ConfigError
+from icg.sinks import atomic_write_json
 
 META_FILE = "icg.json"
 META_FORMAT = "icg-sbg"
@@ -227,7 +228,6 @@ def _import(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
         full_clip,
         single_source,
         tokenizer_ref,
-        write_json,
     )
     from icg.models.loading import DEFAULT_CLIP, DEFAULT_TOKENIZER, clip_label, parse_clip
 
@@ -262,7 +262,7 @@ def _import(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
             f"{src}: --n-head {job.n_head} contradicts config.json's n_head {config.get('n_head')}"
         )
     check_gpt2(shapes, config, str(src))
-    write_json(out / "config.json", config)
+    atomic_write_json(out / "config.json", config, sort_keys=True)
     if state is None:
         copy_file(weights, out / "model.safetensors")
     else:
@@ -283,7 +283,7 @@ def _import(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
         meta["tokenizer"] = tokenizer_ref(job.tokenizer)
     elif not own_tokenizer:
         meta["tokenizer"] = DEFAULT_TOKENIZER
-    write_json(out / META_FILE, meta)
+    atomic_write_json(out / META_FILE, meta, sort_keys=True)
     return (
         f"SBG generator: GPT-2 {config['n_layer']} layers x {config['n_embd']} ({config['n_head']} heads), "
         f"{config['vocab_size']} tokens; CLIP {clip_label(meta['clip'])}, vocabulary {meta['vocabulary']}, "

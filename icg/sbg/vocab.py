@@ -19,17 +19,16 @@ This module imports no torch.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from icg.errors import VocabularyError
+from icg.sinks import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class Vocabulary:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as UTF-8 JSON, atomically (temporary file + ``os.replace``)."""
-        _write_json_atomic(self.to_dict(), os.fspath(path))
+        atomic_write_json(path, self.to_dict(), indent=None)
 
     # ----------------------------------------------------------------------------------- access
 
@@ -324,18 +323,3 @@ def _validate_encyclopedia(
     return MappingProxyType(hierarchy), MappingProxyType(word_lists)
 
 
-def _write_json_atomic(data: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

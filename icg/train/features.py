@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icg.sinks import atomic_write_with
+from icg.sinks import atomic_write_json, atomic_write_with
 from icg.train.datasets import DEFAULT_TEST_IMAGES, CaptionDataset, DatasetError, check_test_images
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def extract_features(
             _save_shard(out / name, feats, ok, first)
             manifest["shards"].append({"file": name, "first": first, "rows": len(chunk)})
             manifest["failed"] = sorted(failed)
-            _write_json(out / MANIFEST_NAME, manifest)
+            atomic_write_json(out / MANIFEST_NAME, manifest)
             done += len(chunk)
             fresh += len(chunk)
             elapsed = time.perf_counter() - start
@@ -289,7 +289,7 @@ def extract_features(
         )
     _write_captions(out / CAPTIONS_NAME, dataset, failed)
     manifest["complete"] = True
-    _write_json(out / MANIFEST_NAME, manifest)
+    atomic_write_json(out / MANIFEST_NAME, manifest)
     return FeatureStore.open(out)
 
 
@@ -369,7 +369,3 @@ def _write_captions(path: Path, dataset: CaptionDataset, failed: set[str]) -> No
     atomic_write_with(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_with(
-        path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    )

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import torch
 
 from icg.errors import ConfigError, IcgError
+from icg.sinks import atomic_write_json
 from icg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def train(
         log.info("resuming from %s (epoch %d, step %d)", latest, start_epoch, step)
     else:
         torch.manual_seed(cfg.seed)
-    _write_json(out / RUN_JSON, run_info)
+    atomic_write_json(out / RUN_JSON, run_info, default=_json_default)
     if start_epoch >= cfg.epochs:
         log.info("%s: already trained for %d epochs", out, start_epoch)
         return TrainResult(out, latest, start_epoch, step, history)
@@ -357,7 +358,7 @@ def _save_checkpoint(task, optimizer, scaler, out, epoch, step, history, run_inf
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "history": history,
         }
-        _write_json(tmp / STATE_JSON, state)
+        atomic_write_json(tmp / STATE_JSON, state, default=_json_default)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -438,15 +439,6 @@ def _resume(task, optimizer, scaler, folder: Path, expected_task: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------- files
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(value: Any) -> Any:
