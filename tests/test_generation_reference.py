@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from icg.captioners.generation import _LM, Generated, _first_inputs, _step_inputs, generate
+from icg.captioners.generation import _LM, Generated, _first_inputs, _penalise, _step_inputs, generate
 from icg.config import DecodingConfig
 from tests import fixtures
 
@@ -176,3 +176,16 @@ def test_the_cases_cover_stops_bans_and_seeded_sampling(setting):
     plain = generate(lm, cfg=cfg, inputs_embeds=prefix)
     for guard in ({"no_repeat_ngram_size": 2}, {"repetition_penalty": 1.3}):
         assert generate(lm, cfg=cfg.replace(**guard), inputs_embeds=prefix) != plain
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("penalty", [1.0, 1.3, 0.7])
+def test_the_batched_repetition_guards_equal_the_per_row_reference(n, penalty):
+    """The guards alone, as beam search uses them: histories over four tokens repeat a lot."""
+    gen = torch.Generator().manual_seed(n * 100 + int(penalty * 10))
+    cfg = DecodingConfig(repetition_penalty=penalty, no_repeat_ngram_size=n)
+    for steps in range(12):
+        history = torch.randint(0, 4, (6, steps), generator=gen)
+        logits = torch.randn(6, 9, generator=gen) * 3
+        expected = ref_penalise(logits.clone(), history.tolist(), cfg)
+        assert torch.equal(_penalise(logits.clone(), history, cfg), expected)
