@@ -8,7 +8,8 @@ treated as opaque apart from reordering rows for beam search.
 
 Logit processing (repetition penalty, n-gram ban, temperature, top-k, top-p, the draw) is whole-batch
 tensor work and the tokens stay on the device: greedy and sampling sync with the host at most once a
-step (the all-rows-stopped check), beam search once a step for its bookkeeping.
+step (the all-rows-stopped check); beam search brings each step's best candidates to the host for its
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -124,16 +125,16 @@ def _step_inputs(tokens: torch.Tensor, mask: torch.Tensor | None, last_pos: torc
 
 
 def _penalise(logits: torch.Tensor, history: torch.Tensor, cfg: DecodingConfig) -> torch.Tensor:
-    """Repetition guards over ``history`` (rows, steps), each row's tokens so far: the CTRL-style
-    repetition penalty on every token the row has produced, and a ban (-inf) on each token that would
-    repeat one of the row's n-grams. Whole-batch tensor operations, no host sync."""
+    """Repetition guards over ``history`` (rows, steps), each row's tokens so far, in place: the
+    CTRL-style repetition penalty on every token the row has produced, and a ban (-inf) on each token
+    that would repeat one of the row's n-grams. Whole-batch tensor operations, no host sync."""
     steps = history.shape[1]
     if steps == 0:
         return logits
     penalty = cfg.repetition_penalty
     if penalty != 1.0:  # a repeated token is gathered and scattered more than once, with one value
         seen = logits.gather(1, history)
-        logits = logits.scatter(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
+        logits.scatter_(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
     n = cfg.no_repeat_ngram_size
     if 0 < n <= steps:
         following = history[:, n - 1 :]  # the token after each (n-1)-gram of the row
@@ -142,10 +143,9 @@ def _penalise(logits: torch.Tensor, history: torch.Tensor, cfg: DecodingConfig) 
         else:
             grams = history.unfold(1, n - 1, 1)[:, : steps - n + 1]  # (rows, steps - n + 1, n - 1)
             repeat = (grams == history[:, None, steps - n + 1 :]).all(-1)  # the gram equals the row's tail
-        vocab = logits.shape[1]  # a gram that is not repeated marks the spare column `vocab`
-        banned = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
-        banned.scatter_(1, torch.where(repeat, following, vocab), True)
-        logits = logits.masked_fill(banned[:, :vocab], -math.inf)
+        # min with -inf bans, min with +inf keeps: a token that follows several grams gets one answer
+        bans = torch.full(following.shape, math.inf, device=logits.device).masked_fill_(repeat, -math.inf)
+        logits.scatter_reduce_(1, following, bans, reduce="amin")
     return logits
 
 
