@@ -5,6 +5,11 @@ beam search. The language model is any causal LM with the Hugging Face forward s
 Two library generations are bridged here and nowhere else: transformers 4.x takes and returns
 ``past_key_values`` (tuples of tensors), 5.x takes ``cache=`` and returns a ``Cache`` object; both are
 treated as opaque apart from reordering rows for beam search.
+
+Logit processing (repetition penalty, n-gram ban, temperature, top-k, top-p, the draw) is whole-batch
+tensor work and the tokens stay on the device: greedy and sampling sync with the host at most once a
+step (the all-rows-stopped check); beam search brings each step's best candidates to the host for its
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -119,25 +124,28 @@ def _step_inputs(tokens: torch.Tensor, mask: torch.Tensor | None, last_pos: torc
     return kwargs, mask, last_pos
 
 
-def _penalise(logits: torch.Tensor, history: list[list[int]], cfg: DecodingConfig) -> torch.Tensor:
-    """Repetition guards: the CTRL-style repetition penalty and a ban on repeated n-grams."""
-    if cfg.repetition_penalty != 1.0:
-        for row, seen in enumerate(history):
-            if seen:
-                ids = torch.tensor(sorted(set(seen)), device=logits.device)
-                vals = logits[row, ids]
-                logits[row, ids] = torch.where(
-                    vals > 0, vals / cfg.repetition_penalty, vals * cfg.repetition_penalty
-                )
+def _penalise(logits: torch.Tensor, history: torch.Tensor, cfg: DecodingConfig) -> torch.Tensor:
+    """Repetition guards over ``history`` (rows, steps), each row's tokens so far, in place: the
+    CTRL-style repetition penalty on every token the row has produced, and a ban (-inf) on each token
+    that would repeat one of the row's n-grams. Whole-batch tensor operations, no host sync."""
+    steps = history.shape[1]
+    if steps == 0:
+        return logits
+    penalty = cfg.repetition_penalty
+    if penalty != 1.0:  # a repeated token is gathered and scattered more than once, with one value
+        seen = logits.gather(1, history)
+        logits.scatter_(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
     n = cfg.no_repeat_ngram_size
-    if n > 0:
-        for row, seen in enumerate(history):
-            if len(seen) + 1 < n:
-                continue
-            tail = tuple(seen[len(seen) - n + 1 :]) if n > 1 else ()
-            banned = {seen[i + n - 1] for i in range(len(seen) - n + 1) if tuple(seen[i : i + n - 1]) == tail}
-            if banned:
-                logits[row, list(banned)] = -math.inf
+    if 0 < n <= steps:
+        following = history[:, n - 1 :]  # the token after each (n-1)-gram of the row
+        if n == 1:
+            repeat = torch.ones_like(following, dtype=torch.bool)
+        else:
+            grams = history.unfold(1, n - 1, 1)[:, : steps - n + 1]  # (rows, steps - n + 1, n - 1)
+            repeat = (grams == history[:, None, steps - n + 1 :]).all(-1)  # the gram equals the row's tail
+        # min with -inf bans, min with +inf keeps: a token that follows several grams gets one answer
+        bans = torch.full(following.shape, math.inf, device=logits.device).masked_fill_(repeat, -math.inf)
+        logits.scatter_reduce_(1, following, bans, reduce="amin")
     return logits
 
 
@@ -156,51 +164,71 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One token per row from ``probs``: with one generator for all rows, or one per row."""
+    """One token per row from ``probs``: with one generator for all rows, or one per row.
+
+    This is what ``torch.multinomial(probs, 1, generator=...)`` (per row, with per-row generators) does
+    inside: an ``Exp(1)`` draw shaped like its input on the generator, then the argmax of
+    ``probs / draw``. Doing it here gives the same tokens for the same seeds without multinomial's
+    validity checks, which cost a host sync per call on torch 2.1; the per-row reference test in
+    ``tests/test_generation_reference.py`` holds the two together on every torch the project supports.
+    """
     if generator is None or isinstance(generator, torch.Generator):
-        if generator is None or generator.device == probs.device:
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
-    rows = [
-        torch.multinomial(p if g.device == p.device else p.cpu(), 1, generator=g).to(probs.device)
-        for p, g in zip(probs, generator)
-    ]
-    return torch.cat(rows)
+        noise = _exponential(probs, generator)
+    else:
+        noise = torch.stack([_exponential(p, g) for p, g in zip(probs, generator)])
+    return (probs / noise).argmax(-1)
+
+
+def _exponential(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``Exp(1)`` noise shaped like ``like``, drawn on the generator's device and moved to ``like``'s."""
+    device = like.device if generator is None else generator.device
+    noise = torch.empty(like.shape, dtype=like.dtype, device=device).exponential_(1, generator=generator)
+    return noise.to(like.device)
 
 
 def _sample_or_greedy(
     lm: _LM, prompt, is_embeds, attention_mask, cfg, stop_ids, generator
 ) -> list[Generated]:
-    rows = prompt.shape[0]
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=prompt.device)
+    rows, device, limit = prompt.shape[0], prompt.device, cfg.max_new_tokens
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     kwargs, mask, last_pos = _first_inputs(prompt, is_embeds, attention_mask)
     logits, cache = lm(**kwargs)
-    out = [Generated(tokens=[]) for _ in range(rows)]
-    done = torch.zeros(rows, dtype=torch.bool, device=prompt.device)
+    # Every row takes a token at every step; a row's caption is the prefix up to its first stop token.
+    tokens = torch.zeros(rows, limit, dtype=torch.long, device=device)
+    logps = torch.zeros(rows, limit, dtype=torch.float32, device=device)
+    lengths = torch.full((rows,), limit, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
     guard = cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size > 0
-    for step in range(cfg.max_new_tokens):
-        if guard:
-            logits = _penalise(logits, [g.tokens for g in out], cfg)
+    steps = 0
+    while True:
+        if guard:  # a finished row's later tokens only steer its own (discarded) logits
+            logits = _penalise(logits, tokens[:, :steps], cfg)
         if cfg.strategy == "sample":
             logits = _filter_top_k_top_p(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             token = _draw(logits.softmax(-1), generator)
         else:
             token = logits.argmax(-1)
-        logp = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
-        for row in (~done).nonzero().flatten().tolist():
-            g = out[row]
-            g.tokens.append(int(token[row]))
-            g.logprob += float(logp[row])
-        newly = torch.isin(token, stop) if stop.numel() else torch.zeros_like(done)
-        for row in (newly & ~done).nonzero().flatten().tolist():
-            out[row].stopped = True
-        done |= newly
-        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+        tokens[:, steps] = token
+        logps[:, steps] = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
+        steps += 1
+        if stop.numel():
+            newly = torch.isin(token, stop) & ~done
+            lengths = torch.where(newly, steps, lengths)
+            done |= newly
+            if steps < limit and bool(done.all()):  # the one host sync of a step
+                break
+        if steps == limit:
             break
         kwargs, mask, last_pos = _step_inputs(token, mask, last_pos)
         logits, cache = lm(cache=cache, **kwargs)
-    for g in out:
-        g.score = g.logprob / max(len(g.tokens), 1)
+    out = []
+    for row_tokens, row_logps, length, stopped in zip(
+        tokens[:, :steps].tolist(), logps[:, :steps].tolist(), lengths.tolist(), done.tolist()
+    ):
+        logprob = 0.0
+        for lp in row_logps[:length]:  # summed in order, as float64 (not sum(): 3.12 compensates)
+            logprob += lp
+        out.append(Generated(row_tokens[:length], logprob, stopped, logprob / max(length, 1)))
     return out
 
 
@@ -216,6 +244,7 @@ def _beam_search(lm: _LM, prompt, is_embeds, attention_mask, cfg, stop_ids, batc
     scores = torch.full((batch, k), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
     beams: list[list[int]] = [[] for _ in range(batch * k)]
+    history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)  # ``beams`` on the device
     finished: list[list[Generated]] = [[] for _ in range(batch)]
     closed = [False] * batch
 
@@ -223,22 +252,20 @@ def _beam_search(lm: _LM, prompt, is_embeds, attention_mask, cfg, stop_ids, batc
         return logprob / (max(length, 1) ** cfg.length_penalty)
 
     for step in range(cfg.max_new_tokens):
-        logits = (
-            _penalise(logits, beams, cfg)
-            if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size
-            else logits
-        )
+        if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size:
+            logits = _penalise(logits, history, cfg)
         logp = logits.log_softmax(-1)
         vocab = logp.shape[-1]
         total = (scores.view(-1, 1) + logp).view(batch, k * vocab)
         top_scores, top_idx = torch.topk(total, 2 * k, dim=1)
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()  # the step's host transfer
         next_rows, next_tokens, next_scores = [], [], []
         for b in range(batch):
             chosen = 0
             for rank in range(2 * k):
-                score = float(top_scores[b, rank])
-                src = b * k + int(top_idx[b, rank]) // vocab
-                tok = int(top_idx[b, rank]) % vocab
+                score = top_scores[b][rank]
+                src = b * k + top_idx[b][rank] // vocab
+                tok = top_idx[b][rank] % vocab
                 if closed[b] or score == -math.inf:
                     src, tok, score = b * k, 0, -math.inf  # keep shapes; a closed input's beams are dead
                 elif tok in stop:
@@ -262,14 +289,15 @@ def _beam_search(lm: _LM, prompt, is_embeds, attention_mask, cfg, stop_ids, batc
                 worst_done = sorted(g.score for g in finished[b])[-k]
                 closed[b] = best_alive == -math.inf or norm(best_alive, step + 1) <= worst_done
         rows = torch.tensor(next_rows, device=device)
+        tokens = torch.tensor(next_tokens, device=device)
         beams = [beams[r] + [t] for r, t in zip(next_rows, next_tokens)]
+        history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
         scores = torch.tensor(next_scores, device=device).view(batch, k)
         if all(closed) or step == cfg.max_new_tokens - 1:
             break
         cache = lm.reorder(cache, rows)
         if mask is not None:
             mask, last_pos = mask.index_select(0, rows), last_pos.index_select(0, rows)
-        tokens = torch.tensor(next_tokens, device=device)
         kwargs, mask, last_pos = _step_inputs(tokens, mask, last_pos)
         logits, cache = lm(cache=cache, **kwargs)
     results = []
