@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/icg/v1"
 MAX_IMAGE_CHARS = 100_000_000  # base64 characters (~75 MB of image file)
 
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
 
@@ -315,16 +316,17 @@ def decode_image(data: str):
                 status_code=400, detail="image: a data URL must be base64 (data:...;base64,...)"
             )
     text = "".join(text.split())
+    if not text:
+        raise HTTPException(status_code=400, detail="image: empty")
     text += "=" * (-len(text) % 4)  # tolerate stripped padding
+    if "-" in text or "_" in text:  # the URL-safe alphabet
+        text = text.translate(_URLSAFE_TO_STANDARD)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        try:
-            raw = base64.urlsafe_b64decode(text)
-        except (binascii.Error, ValueError):
-            raise HTTPException(status_code=400, detail="image: not valid base64") from None
-    if not raw:
-        raise HTTPException(status_code=400, detail="image: empty")
+        raw = b""
+    if not raw:  # invalid characters, or nothing but padding
+        raise HTTPException(status_code=400, detail="image: not valid base64")
     try:
         return load_image(raw)
     except ImageError as err:

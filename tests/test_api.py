@@ -186,6 +186,27 @@ def test_decode_image_refuses_empty_and_accepts_unpadded(service):
     assert image.mode == "RGB" and image.size == (40, 32)
 
 
+@pytest.mark.parametrize("text", ["!!!!", "%%%", "not base64 at all!!", "data:image/png;base64,@@@@"])
+def test_invalid_base64_is_named_as_such_not_empty(text):
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as err:
+        decode_image(text)
+    assert err.value.status_code == 400 and err.value.detail == "image: not valid base64"
+
+
+def test_decode_image_accepts_the_url_safe_alphabet():
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), (250, 251, 252)).save(buffer, format="PNG")
+    data = base64.urlsafe_b64encode(buffer.getvalue()).decode("ascii")
+    assert decode_image(data).size == (3, 2)
+
+
 # ------------------------------------------------------------------------------------------ auth
 def test_auth_on_protects_every_route(service):
     client, _ = client_for(service, auth=basic_auth(parse_credentials("alice:s3:cret,bob:pw")))
