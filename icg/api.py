@@ -178,7 +178,7 @@ class CandidateOut(BaseModel):
 
 class KeywordOut(BaseModel):
     text: str
-    score: float
+    score: float | None
     step: str
 
 
@@ -192,7 +192,7 @@ class CaptionResponse(BaseModel):
     keywords: list[KeywordOut]
     seed: int | None = None
     decoding: dict[str, Any]
-    timings: dict[str, float]
+    timings: dict[str, float | None]
 
 
 class ModelOut(BaseModel):
@@ -477,7 +477,9 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
-    candidates = [{"text": c.text, "score": c.score} for c in result.candidates]
+    """The ``CaptionResponse`` of ``result``; a score or timing that is NaN or infinite (which JSON
+    cannot carry: the response would fail with a 500) is sent as null."""
+    candidates = [{"text": c.text, "score": _finite(c.score)} for c in result.candidates]
     return {
         "caption": result.caption,
         "prompt": prompt,
@@ -485,11 +487,15 @@ def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
         "candidates": candidates,
         "scores": [c["score"] for c in candidates],
         "score_kind": result.score_kind,
-        "keywords": [{"text": k.text, "score": float(k.score), "step": k.step} for k in result.keywords],
+        "keywords": [{"text": k.text, "score": _finite(k.score), "step": k.step} for k in result.keywords],
         "seed": result.seed,
         "decoding": dict(result.decoding),
-        "timings": {k: float(v) for k, v in result.timings.items()},
+        "timings": {k: _finite(v) for k, v in result.timings.items()},
     }
+
+
+def _finite(number: Any) -> float | None:
+    return None if number is None or not math.isfinite(float(number)) else float(number)
 
 
 def describe_models(service: Any) -> dict[str, Any]:

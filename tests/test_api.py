@@ -301,6 +301,29 @@ def test_decoded_uploads_are_bounded_by_the_decode_slots(service):
     router.decode_slots.release()
 
 
+def test_non_finite_scores_are_sent_as_null_not_a_500(service):
+    """On fastapi 0.94 + pydantic 1 (the WebUI's pins) a NaN in the response was a plain-text 500."""
+    from icg.captioners.result import Candidate, CaptionResult, Keyword
+
+    class Infinite(CaptionService):
+        def caption(self, image, model, decoding=None, options=None):
+            return CaptionResult(
+                caption="a dog",
+                model=model,
+                candidates=[Candidate("a dog", float("-inf")), Candidate("a cat", -1.5)],
+                score_kind="logprob",
+                keywords=[Keyword("dog", float("nan"), "clip")],
+                timings={"decode": float("inf")},
+            )
+
+    client, _ = client_for(Infinite(service.manager, models=service.extra_models))
+    response = client.post("/icg/v1/caption", json={"image": png_base64()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["scores"] == [None, -1.5] and body["keywords"][0]["score"] is None
+    assert body["timings"] == {"decode": None}
+
+
 def test_decode_slots_must_be_positive(service):
     with pytest.raises(ConfigError, match="decode_slots"):
         client_for(service, decode_slots=0)
