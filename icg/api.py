@@ -515,17 +515,22 @@ def describe_models(service: Any) -> dict[str, Any]:
     }
 
 
-def check_model(service: Any, model: str | None) -> str:
-    """``model`` (or the default) if it is one the service offers; 404 otherwise. Arbitrary server paths
-    are never loaded through the API."""
+def offered_model(service: Any, model: str | None) -> str:
+    """``model`` (or the default) if it is one of ``service.model_choices()``; ``ModelNotFound`` otherwise.
+    The API and the standalone app load only the models they list, never any path a client names."""
     name = model or service.default_model()
     choices = service.model_choices()
     if name not in choices:
-        raise HTTPException(
-            status_code=404,
-            detail=f"unknown model {name!r}; choose one of: {', '.join(choices)} (GET {API_PREFIX}/models)",
-        )
+        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(choices)}")
     return name
+
+
+def check_model(service: Any, model: str | None) -> str:
+    """``offered_model``, or a 404 that says where the list is."""
+    try:
+        return offered_model(service, model)
+    except ModelNotFound as err:
+        raise HTTPException(status_code=404, detail=f"{err} (GET {API_PREFIX}/models)") from None
 
 
 # ------------------------------------------------------------------------------------------ routes
