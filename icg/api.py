@@ -15,9 +15,12 @@ Routes (all JSON):
 * ``POST /icg/v1/batch/{id}/stop``     stop a job after the batch it is working on
 * ``POST /icg/v1/unload``              free the models' memory
 
-Bad input is a 4xx with a message, never a 500: malformed JSON or values out of range 422 (pydantic),
-bad base64 or not an image 400, unknown model or job 404, folders under ``--hide-ui-dir-config`` 403,
-a model that is not installed while downloads are off 409.
+Bad input is a JSON 4xx with a message, never a 500: malformed JSON or values out of range (NaN and
+Infinity too) 422, naming the field and quoting at most a short value back (``validation_details``); bad
+base64 or not an image 400; a request body over ``max_request_bytes`` or an image over ``max_pixels``
+(read from its header, before decoding) 413; unknown model or job 404; folders under
+``--hide-ui-dir-config`` 403; a model that is not installed while downloads are off 409. At most
+``decode_slots`` requests hold a decoded image at once.
 
 The pydantic models use only what pydantic 1.10 (the WebUI's pin) and 2.x share: ``Field`` bounds,
 ``Literal``, optional fields; the one difference (forbidding unknown fields) is bridged by ``_Model``.
@@ -29,13 +32,18 @@ import base64
 import binascii
 import contextlib
 import logging
+import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import pydantic
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field
 
@@ -56,7 +64,17 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/icg/v1"
 MAX_IMAGE_CHARS = 100_000_000  # base64 characters (~75 MB of image file)
+#: The largest request body read (bytes): the largest image plus room for the other fields; more is a 413.
+MAX_REQUEST_BYTES = MAX_IMAGE_CHARS + 1_000_000
+#: The most pixels an uploaded image may have (well below the batch limit, ``DEFAULT_MAX_PIXELS``):
+#: checked from the image's header before its pixels are decoded; more is a 413.
+UPLOAD_MAX_PIXELS = 40_000_000
+#: How many requests may hold a decoded image at once (decoding through captioning); others wait.
+DECODE_SLOTS = 2
+#: The longest text of a request's value that a 422 quotes back (the rest is cut).
+_ECHO_CHARS = 80
 
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 
 
@@ -89,6 +107,8 @@ def _field(option: Option) -> tuple[Any, Any]:
         bounds["le"] = option.maximum
     if option.max_length is not None:
         bounds["max_length"] = option.max_length
+    if option.type is float:
+        bounds["allow_inf_nan"] = False  # NaN and Infinity parse as JSON numbers in Python: refuse them
     return (Optional[kind], Field(None, description=option.help, **bounds))  # noqa: UP045 - pydantic 1
 
 
@@ -158,7 +178,7 @@ class CandidateOut(BaseModel):
 
 class KeywordOut(BaseModel):
     text: str
-    score: float
+    score: float | None
     step: str
 
 
@@ -172,7 +192,7 @@ class CaptionResponse(BaseModel):
     keywords: list[KeywordOut]
     seed: int | None = None
     decoding: dict[str, Any]
-    timings: dict[str, float]
+    timings: dict[str, float | None]
 
 
 class ModelOut(BaseModel):
@@ -281,6 +301,100 @@ def basic_auth(credentials: Mapping[str, str]) -> Callable[..., str]:
     return check_credentials
 
 
+# ------------------------------------------------------------------------------------------ 413 and 422
+def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's 422 ``detail`` (one entry per bad field: ``loc``, ``msg``, ``type``) made safe to send.
+
+    The values a request gave are quoted only when short: a string is cut to ``_ECHO_CHARS`` characters,
+    a list or object is left out (pydantic 2 would echo a 100 MB image back), and NaN or Infinity, which
+    JSON cannot carry (the error response itself would fail with a plain-text 500), become text.
+    """
+    details = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "loc": [part if isinstance(part, (int, str)) else str(part) for part in error.get("loc", ())],
+            "msg": _short(str(error.get("msg", ""))),
+            "type": str(error.get("type", "")),
+        }
+        if "input" in error and _echo(error["input"]) is not _LEFT_OUT:
+            item["input"] = _echo(error["input"])
+        ctx = {str(k): _echo(v) for k, v in dict(error.get("ctx") or {}).items()}
+        ctx = {k: (str(v) if v is _LEFT_OUT else v) for k, v in ctx.items()}
+        if ctx:
+            item["ctx"] = {k: _short(v) if isinstance(v, str) else v for k, v in ctx.items()}
+        details.append(item)
+    return details
+
+
+_LEFT_OUT = object()
+
+
+def _echo(value: Any) -> Any:
+    """``value`` as a 422 may quote it: JSON scalars as they are, long text cut, NaN/Infinity as text,
+    containers and other objects ``_LEFT_OUT``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**15 else _short(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _short(value)
+    return _LEFT_OUT
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _ECHO_CHARS else f"{text[:_ECHO_CHARS]}... ({len(text)} characters)"
+
+
+async def _read_within(request: Request, limit: int) -> Request | None:
+    """``request`` with its body read, if the body is at most ``limit`` bytes (else None, read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await request.receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+def route_class(max_request_bytes: int) -> type[APIRoute]:
+    """The routes' class: a body over ``max_request_bytes`` is a 413 before it is parsed, and a request
+    that fails validation is a JSON 422 with ``validation_details`` (on this router only: the host
+    app's own error handlers are left alone)."""
+
+    class IcgRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handler = super().get_route_handler()
+
+            async def limited(request: Request) -> Response:
+                within = await _read_within(request, max_request_bytes)
+                if within is None:
+                    detail = f"request too large: the limit is {max_request_bytes} bytes"
+                    return JSONResponse(status_code=413, content={"detail": detail})
+                try:
+                    return await handler(within)
+                except RequestValidationError as err:
+                    return JSONResponse(status_code=422, content={"detail": validation_details(err.errors())})
+
+            return limited
+
+    return IcgRoute
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def http_error(err: BaseException) -> HTTPException:
     """An ``HTTPException`` for an error a request caused, with its message as ``detail``."""
@@ -303,9 +417,10 @@ def http_error(err: BaseException) -> HTTPException:
     return HTTPException(status_code=status, detail=str(err) or type(err).__name__)
 
 
-def decode_image(data: str):
-    """A base64 string (or ``data:image/...;base64,`` URL) -> an upright RGB PIL image; 400 when it isn't."""
-    from icg.imaging import load_image
+def decode_image(data: str, max_pixels: int | None = UPLOAD_MAX_PIXELS):
+    """A base64 string (or ``data:image/...;base64,`` URL) -> an upright RGB PIL image; 400 when it isn't,
+    413 when it has more than ``max_pixels`` pixels (read from its header: the pixels are not decoded)."""
+    from icg.imaging import ImageTooLarge, load_image
 
     text = data.strip()
     if text.startswith("data:"):
@@ -315,18 +430,21 @@ def decode_image(data: str):
                 status_code=400, detail="image: a data URL must be base64 (data:...;base64,...)"
             )
     text = "".join(text.split())
+    if not text:
+        raise HTTPException(status_code=400, detail="image: empty")
     text += "=" * (-len(text) % 4)  # tolerate stripped padding
+    if "-" in text or "_" in text:  # the URL-safe alphabet
+        text = text.translate(_URLSAFE_TO_STANDARD)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        try:
-            raw = base64.urlsafe_b64decode(text)
-        except (binascii.Error, ValueError):
-            raise HTTPException(status_code=400, detail="image: not valid base64") from None
-    if not raw:
-        raise HTTPException(status_code=400, detail="image: empty")
+        raw = b""
+    if not raw:  # invalid characters, or nothing but padding
+        raise HTTPException(status_code=400, detail="image: not valid base64")
     try:
-        return load_image(raw)
+        return load_image(raw, max_pixels=max_pixels)
+    except ImageTooLarge as err:
+        raise HTTPException(status_code=413, detail=f"image: {err}".replace("<bytes>: ", "")) from err
     except ImageError as err:
         raise HTTPException(status_code=400, detail=f"image: not a readable image ({err})") from err
 
@@ -359,7 +477,9 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
-    candidates = [{"text": c.text, "score": c.score} for c in result.candidates]
+    """The ``CaptionResponse`` of ``result``; a score or timing that is NaN or infinite (which JSON
+    cannot carry: the response would fail with a 500) is sent as null."""
+    candidates = [{"text": c.text, "score": _finite(c.score)} for c in result.candidates]
     return {
         "caption": result.caption,
         "prompt": prompt,
@@ -367,11 +487,15 @@ def caption_payload(result: Any, prompt: str) -> dict[str, Any]:
         "candidates": candidates,
         "scores": [c["score"] for c in candidates],
         "score_kind": result.score_kind,
-        "keywords": [{"text": k.text, "score": float(k.score), "step": k.step} for k in result.keywords],
+        "keywords": [{"text": k.text, "score": _finite(k.score), "step": k.step} for k in result.keywords],
         "seed": result.seed,
         "decoding": dict(result.decoding),
-        "timings": {k: float(v) for k, v in result.timings.items()},
+        "timings": {k: _finite(v) for k, v in result.timings.items()},
     }
+
+
+def _finite(number: Any) -> float | None:
+    return None if number is None or not math.isfinite(float(number)) else float(number)
 
 
 def describe_models(service: Any) -> dict[str, Any]:
@@ -391,17 +515,22 @@ def describe_models(service: Any) -> dict[str, Any]:
     }
 
 
-def check_model(service: Any, model: str | None) -> str:
-    """``model`` (or the default) if it is one the service offers; 404 otherwise. Arbitrary server paths
-    are never loaded through the API."""
+def offered_model(service: Any, model: str | None) -> str:
+    """``model`` (or the default) if it is one of ``service.model_choices()``; ``ModelNotFound`` otherwise.
+    The API and the standalone app load only the models they list, never any path a client names."""
     name = model or service.default_model()
     choices = service.model_choices()
     if name not in choices:
-        raise HTTPException(
-            status_code=404,
-            detail=f"unknown model {name!r}; choose one of: {', '.join(choices)} (GET {API_PREFIX}/models)",
-        )
+        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(choices)}")
     return name
+
+
+def check_model(service: Any, model: str | None) -> str:
+    """``offered_model``, or a 404 that says where the list is."""
+    try:
+        return offered_model(service, model)
+    except ModelNotFound as err:
+        raise HTTPException(status_code=404, detail=f"{err} (GET {API_PREFIX}/models)") from None
 
 
 # ------------------------------------------------------------------------------------------ routes
@@ -414,6 +543,9 @@ def mount_api(
     hide_dirs: bool = False,
     jobs: JobRegistry | None = None,
     prefix: str = API_PREFIX,
+    max_pixels: int | None = UPLOAD_MAX_PIXELS,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    decode_slots: int = DECODE_SLOTS,
 ) -> APIRouter:
     """Add the ICG routes to the FastAPI ``app`` and return their router.
 
@@ -422,8 +554,22 @@ def mount_api(
     ``hide_dirs``: refuse folder batches (``--hide-ui-dir-config``); ``jobs``: where batch jobs run
     (default: the process's ``icg.jobs.registry()``, which the Batch tab and auto-captioning share; kept
     as ``router.jobs``). ``GET /batch`` lists every job of it, the tab's too.
+
+    Memory: an uploaded image with more than ``max_pixels`` pixels (None: only Pillow's own limit) is a
+    413 before its pixels are decoded, so is a request body over ``max_request_bytes``; at most
+    ``decode_slots`` requests hold a decoded image at once (from decoding to the caption; kept as
+    ``router.decode_slots``), the others wait for a slot.
     """
-    router = APIRouter(prefix=prefix, tags=["Image Caption"], dependencies=[Depends(auth)] if auth else [])
+    if decode_slots < 1:
+        raise ConfigError(f"decode_slots must be at least 1, not {decode_slots}")
+    router = APIRouter(
+        prefix=prefix,
+        tags=["Image Caption"],
+        dependencies=[Depends(auth)] if auth else [],
+        route_class=route_class(max_request_bytes),
+    )
+    slots = threading.BoundedSemaphore(decode_slots)
+    router.decode_slots = slots  # type: ignore[attr-defined]
     lock = queue_lock if queue_lock is not None else contextlib.nullcontext()
     registry = jobs if jobs is not None else process_registry()
     router.jobs = registry  # type: ignore[attr-defined]
@@ -459,12 +605,14 @@ def mount_api(
             template = prompt_template(service, request.template)
             overrides = decoding_overrides(request.decoding, request.num_candidates)
             options = CaptionOptions(style=request.style, force=request.force or (), ban=request.ban or ())
-            image = decode_image(request.image) if request.image is not None else None
-            with lock:
-                if keywords:
-                    result = service.caption_keywords(keywords, model, overrides, options, image=image)
-                else:
-                    result = service.caption(image, model, overrides, options)
+            with slots if request.image is not None else contextlib.nullcontext():
+                image = decode_image(request.image, max_pixels) if request.image is not None else None
+                with lock:
+                    if keywords:
+                        result = service.caption_keywords(keywords, model, overrides, options, image=image)
+                    else:
+                        result = service.caption(image, model, overrides, options)
+                del image  # the slot is for the decoded image: free it before the next request decodes
             prompt = template.compose(result.caption, [k.text for k in result.keywords])
             return caption_payload(result, prompt)
 

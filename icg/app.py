@@ -12,7 +12,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from icg.errors import ConfigError, IcgError
+from icg.errors import ConfigError, IcgError, ModelNotFound
+from icg.ui.service import CaptionService
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,42 @@ def require_gradio() -> Any:
     return gradio
 
 
+class AppService(CaptionService):
+    """The app's ``CaptionService``: like the API, it loads only the models its lists offer (the
+    ``--model`` ones, the registry's, the local model folders), whatever model name or path a client
+    sends; ``allow_model_paths`` (``icg app --allow-model-paths``) lets a typed path through as well."""
+
+    def __init__(self, manager: Any, *, allow_model_paths: bool = False, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.allow_model_paths = allow_model_paths
+
+    def checked_model(self, model: str) -> str:
+        """``model`` if it may be loaded here, else a ``ModelNotFound`` that names the flag."""
+        if self.allow_model_paths:
+            return model
+        from icg.api import offered_model
+
+        try:
+            return offered_model(self, model)
+        except ModelNotFound as err:
+            hint = "to load other paths, start the app with --allow-model-paths"
+            raise ModelNotFound(f"{err}; {hint}") from None
+
+    def caption(self, image: Any, model: str, *args: Any, **kwargs: Any) -> Any:
+        return super().caption(image, self.checked_model(model), *args, **kwargs)
+
+    def caption_keywords(self, keywords: Sequence[str], model: str, *args: Any, **kwargs: Any) -> Any:
+        return super().caption_keywords(keywords, self.checked_model(model), *args, **kwargs)
+
+    def plan_batch(self, options: Any) -> Any:
+        self.checked_model(options.model)
+        return super().plan_batch(options)
+
+    def run_batch(self, options: Any, **kwargs: Any) -> Any:
+        self.checked_model(options.model)
+        return super().run_batch(options, **kwargs)
+
+
 def create_app(
     manager: Any,
     *,
@@ -41,17 +78,21 @@ def create_app(
     service: Any = None,
     title: str = TITLE,
     registry: Any = None,
+    allow_model_paths: bool = False,
 ) -> tuple[Any, Any]:
     """``(demo, panels)``: a ``gr.Blocks`` with the Caption and Batch tabs for ``manager``'s models.
 
-    ``models`` are offered first in the model lists (paths or ids); ``service`` replaces the default
-    ``CaptionService(manager, ...)``; batches run in ``registry`` (default: the process's job registry,
-    the one ``icg.api.mount_api`` uses too).
+    ``models`` are offered first in the model lists (paths or ids); only listed models are loaded unless
+    ``allow_model_paths`` (``AppService``); ``service`` replaces the default ``AppService(manager, ...)``;
+    batches run in ``registry`` (default: the process's job registry, the one ``icg.api.mount_api`` uses
+    too).
     """
     require_gradio()
-    from icg.ui import CaptionService, build_app
+    from icg.ui import build_app
 
-    service = service or CaptionService(manager, models=models, default_model=default_model)
+    service = service or AppService(
+        manager, models=models, default_model=default_model, allow_model_paths=allow_model_paths
+    )
     return build_app(service, defaults, title=title, registry=registry)
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from icg.config import ClipSpec
-from icg.errors import CheckpointError, ConfigError
+from icg.errors import CheckpointError, ConfigError, UnsafePickleError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ def load_tensor_file(path: str | Path) -> dict[str, Any]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: never pass that on
+        raise _refused(path, str(err)) from None
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise CheckpointError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -43,6 +47,20 @@ def load_tensor_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")
     return state
+
+
+def _refused(path: Path, text: str) -> CheckpointError:
+    """The error for a torch file the tensors-only reader refused, in ICG's words: torch's own text
+    advises ``weights_only=False`` (running the file's code), which ICG never repeats."""
+    found = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", text)
+    if found:
+        return UnsafePickleError(
+            f"{path}: refused: the file holds code (Python objects such as {found.group(1)}), not only "
+            "tensors, so it was not loaded"
+        )
+    reason = text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+    reason = " ".join(reason.split()) or "not a tensors-only pickle"
+    return CheckpointError(f"{path}: not a readable weights file ({reason})")
 
 
 def spec_from_folder(folder: str | Path) -> ClipSpec:

@@ -28,6 +28,12 @@ from icg.errors import ImageError
 
 logger = logging.getLogger(__name__)
 
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (``max_pixels``, or Pillow's decompression-bomb limit),
+    refused before its pixels are decoded; the API answers it with 413."""
+
+
 #: Pillow's hard limit with its default settings (2 x ``Image.MAX_IMAGE_PIXELS``).
 DEFAULT_MAX_PIXELS = 178_956_970
 
@@ -84,7 +90,7 @@ def _open_and_normalise(fp: Path | io.BytesIO, name: str, max_pixels: int | None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image, or a format this Pillow can't read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+        raise ImageTooLarge(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except OSError as exc:
         raise ImageError(f"{name}: cannot read image ({exc.strerror or exc})") from exc
 
@@ -93,7 +99,7 @@ def _normalise(img: Image.Image, name: str, max_pixels: int | None) -> Image.Ima
     """Decode ``img`` fully and return an upright RGB copy; decoding errors become ``ImageError``."""
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name}: image too large ({width}x{height} = {width * height} pixels, limit {max_pixels}); "
             "refused as a possible decompression bomb"
         )
@@ -105,7 +111,7 @@ def _normalise(img: Image.Image, name: str, max_pixels: int | None) -> Image.Ima
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+        raise ImageTooLarge(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
         raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 

@@ -186,6 +186,149 @@ def test_decode_image_refuses_empty_and_accepts_unpadded(service):
     assert image.mode == "RGB" and image.size == (40, 32)
 
 
+@pytest.mark.parametrize("text", ["!!!!", "%%%", "not base64 at all!!", "data:image/png;base64,@@@@"])
+def test_invalid_base64_is_named_as_such_not_empty(text):
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as err:
+        decode_image(text)
+    assert err.value.status_code == 400 and err.value.detail == "image: not valid base64"
+
+
+def test_decode_image_accepts_the_url_safe_alphabet():
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), (250, 251, 252)).save(buffer, format="PNG")
+    data = base64.urlsafe_b64encode(buffer.getvalue()).decode("ascii")
+    assert decode_image(data).size == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"image": "x", "decoding": {"temperature": NaN}}', "temperature"),
+        (b'{"image": "x", "decoding": {"top_p": Infinity}}', "top_p"),
+        (b'{"image": "x", "decoding": {"repetition_penalty": -Infinity}}', "repetition_penalty"),
+        (b'{"image": "x", "decoding": {"num_beams": NaN}}', "num_beams"),
+        (b'{"image": "x", "num_candidates": Infinity}', "num_candidates"),
+    ],
+)
+def test_nan_and_infinity_are_a_json_422_naming_the_field(service, body, field):
+    """Python's JSON reader takes NaN/Infinity; the error about them must still be JSON (not a 500)."""
+    client, _ = client_for(service)
+    response = client.post("/icg/v1/caption", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"][-1] == field and error["msg"]
+
+
+def test_a_422_does_not_echo_a_large_input_back(service):
+    client, _ = client_for(service)
+    response = client.post("/icg/v1/caption", json={"image": ["A" * 2_000_000], "model": "m" * 100_000})
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    by_field = {e["loc"][-1]: e for e in response.json()["detail"]}
+    assert set(by_field) == {"image", "model"}
+    assert "input" not in by_field["image"]  # a list is never quoted back
+    quoted = by_field["model"].get("input", "")  # pydantic 2 quotes what was given; pydantic 1 does not
+    assert len(quoted) < 200 and quoted.endswith("(100000 characters)" if quoted else "")
+
+
+def test_a_request_body_over_the_limit_is_a_413_before_it_is_parsed(service):
+    client, _ = client_for(service, max_request_bytes=1_000)
+    payload = {"image": png_base64(), "model": "x" * 2_000}  # would be a 422 if it were parsed
+    response = client.post("/icg/v1/caption", json=payload)
+    assert response.status_code == 413 and "request too large" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the body is counted while it is read
+        yield b'{"image": "'
+        for _ in range(10):
+            yield b"A" * 500
+        yield b'"}'
+
+    chunked = client.post("/icg/v1/caption", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in chunked.request.headers
+    assert chunked.status_code == 413
+    assert client.post("/icg/v1/caption", json={"image": png_base64()}).status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_an_upload_over_the_pixel_limit_is_a_413_before_decoding(service, tmp_path):
+    import base64
+
+    from tests.test_imaging import _claimed_size_png
+
+    bomb = _claimed_size_png(tmp_path, 13_000, 13_000).read_bytes()  # 1x1 pixels, its header says more
+    client, _ = client_for(service)  # the default limit
+    response = client.post("/icg/v1/caption", json={"image": base64.b64encode(bomb).decode("ascii")})
+    assert response.status_code == 413, response.text  # had its pixels been decoded: 400 (too few)
+    assert "too large" in response.json()["detail"] and "13000x13000" in response.json()["detail"]
+    small, _ = client_for(service, max_pixels=40 * 32 - 1)
+    response = small.post("/icg/v1/caption", json={"image": png_base64(size=(40, 32))})
+    assert response.status_code == 413 and "limit 1279" in response.json()["detail"]
+    assert client.post("/icg/v1/caption", json={"image": png_base64(size=(40, 32))}).status_code == 200
+
+
+def test_decoded_uploads_are_bounded_by_the_decode_slots(service):
+    """A request holds a decode slot from decoding to its caption; with one slot, no other can decode."""
+    gate, started = threading.Event(), threading.Event()
+
+    class Gated(CaptionService):
+        def caption(self, image, model, decoding=None, options=None):
+            started.set()
+            assert gate.wait(60)
+            return super().caption(image, model, decoding, options)
+
+    gated = Gated(service.manager, models=service.extra_models, default_model=service.default_model())
+    client, router = client_for(gated, decode_slots=1)
+    responses = []
+    worker = threading.Thread(
+        target=lambda: responses.append(client.post("/icg/v1/caption", json={"image": png_base64()}))
+    )
+    worker.start()
+    try:
+        assert started.wait(60)
+        assert not router.decode_slots.acquire(blocking=False)  # the one slot is taken by that request
+    finally:
+        gate.set()
+        worker.join(120)
+    assert responses and responses[0].status_code == 200, responses
+    assert router.decode_slots.acquire(blocking=False)  # and given back afterwards
+    router.decode_slots.release()
+
+
+def test_non_finite_scores_are_sent_as_null_not_a_500(service):
+    """On fastapi 0.94 + pydantic 1 (the WebUI's pins) a NaN in the response was a plain-text 500."""
+    from icg.captioners.result import Candidate, CaptionResult, Keyword
+
+    class Infinite(CaptionService):
+        def caption(self, image, model, decoding=None, options=None):
+            return CaptionResult(
+                caption="a dog",
+                model=model,
+                candidates=[Candidate("a dog", float("-inf")), Candidate("a cat", -1.5)],
+                score_kind="logprob",
+                keywords=[Keyword("dog", float("nan"), "clip")],
+                timings={"decode": float("inf")},
+            )
+
+    client, _ = client_for(Infinite(service.manager, models=service.extra_models))
+    response = client.post("/icg/v1/caption", json={"image": png_base64()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["scores"] == [None, -1.5] and body["keywords"][0]["score"] is None
+    assert body["timings"] == {"decode": None}
+
+
+def test_decode_slots_must_be_positive(service):
+    with pytest.raises(ConfigError, match="decode_slots"):
+        client_for(service, decode_slots=0)
+
+
 # ------------------------------------------------------------------------------------------ auth
 def test_auth_on_protects_every_route(service):
     client, _ = client_for(service, auth=basic_auth(parse_credentials("alice:s3:cret,bob:pw")))

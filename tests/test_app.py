@@ -136,3 +136,69 @@ def test_the_app_serves_both_tabs_on_the_port_asked_for():
             serve(other, "127.0.0.1", port, block=False)
     finally:
         demo.close()
+
+
+# ------------------------------------------------------------------------------------------ listed models
+@pytest.fixture(scope="module")
+def fixture_manager(tmp_path_factory):
+    from tests.webui_support import fixture_files, make_manager, models_folder
+
+    files = fixture_files()
+    manager = make_manager(files, models_folder(tmp_path_factory.mktemp("models"), files))
+    yield files, manager
+    manager.unload()
+
+
+def test_the_app_refuses_a_model_path_it_does_not_list(fixture_manager, tmp_path):
+    """A client can type any path into the model box: only listed models are loaded (as in the API)."""
+    from PIL import Image
+
+    from icg.app import AppService
+    from icg.errors import ModelNotFound
+    from icg.jobs import JobRegistry
+    from icg.ui.handlers import BatchController, BatchInputs, CaptionController, DecodingInputs, PromptInputs
+    from tests.webui_support import write_images
+
+    files, manager = fixture_manager
+    manager.unload()
+    typed = files["clip_prefix_pt"]  # a real model file, but not one the app offers
+    service = AppService(manager)
+    assert typed not in service.model_choices()
+    image = Image.new("RGB", (40, 32), (200, 30, 30))
+    caption = CaptionController(service)
+    with pytest.raises(ModelNotFound, match="unknown model.*--allow-model-paths"):
+        caption.caption(image, typed, DecodingInputs(max_new_tokens="3"), PromptInputs())
+    with pytest.raises(ModelNotFound, match="--allow-model-paths"):
+        caption.regenerate("dog", image, typed, DecodingInputs(), PromptInputs())
+    assert manager.loaded()["captioners"] == []  # nothing was loaded
+
+    write_images(tmp_path, 1)
+    registry = JobRegistry()
+    tab = BatchController(service, registry=registry)
+    job = tab.start(tab.options(BatchInputs(folder=str(tmp_path), model=typed), DecodingInputs()))
+    assert job.wait(120)
+    assert "unknown model" in job.snapshot()["error"]
+    assert not (tmp_path / "img0.txt").exists() and manager.loaded()["captioners"] == []
+
+    allowed = CaptionController(AppService(manager, allow_model_paths=True))
+    result = allowed.caption(image, typed, DecodingInputs(max_new_tokens="3"), PromptInputs())
+    assert result.caption
+    listed = CaptionController(AppService(manager, models=[typed]))  # given with --model: listed
+    assert listed.caption(image, typed, DecodingInputs(max_new_tokens="3"), PromptInputs()).caption
+
+
+def test_allow_model_paths_is_a_flag_that_reaches_the_app(monkeypatch):
+    from icg.commands import app as command
+
+    assert parse().allow_model_paths is False and parse("--allow-model-paths").allow_model_paths is True
+    seen = {}
+
+    def fake_create_app(manager, **kwargs):
+        seen.update(kwargs)
+        raise IcgError("stop here")
+
+    monkeypatch.setattr("icg.app.create_app", fake_create_app)
+    monkeypatch.setattr(command, "make_manager", lambda args: None)
+    with pytest.raises(IcgError, match="stop here"):
+        command.run(parse("--allow-model-paths"))
+    assert seen["allow_model_paths"] is True

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from icg.discovery import IMAGE_EXTENSIONS
 from icg.errors import IcgError, ImageError
-from icg.imaging import DEFAULT_MAX_PIXELS, load_image, supported_extensions
+from icg.imaging import DEFAULT_MAX_PIXELS, ImageTooLarge, load_image, supported_extensions
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -269,8 +269,10 @@ def test_max_pixels_is_checked_before_decoding(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_header_claiming_huge_size_is_refused_without_decoding(tmp_path):
     path = _claimed_size_png(tmp_path, 12_000, 12_000)  # 144M pixels: between Pillow's two limits
-    with pytest.raises(ImageError, match="too large"):
+    with pytest.raises(ImageTooLarge, match="too large"):  # an ImageError the API answers with 413
         load_image(path, max_pixels=10**8)
+    with pytest.raises(ImageTooLarge, match="decompression bomb"):  # above Pillow's own hard limit
+        load_image(_claimed_size_png(tmp_path, 20_000, 20_000), max_pixels=None)
 
 
 def test_pillow_bomb_warning_as_error_is_an_image_error(tmp_path):

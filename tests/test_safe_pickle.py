@@ -116,3 +116,38 @@ def test_corrupt_and_missing_files_are_checkpoint_errors(tmp_path):
         safe_load(tmp_path / "missing.pkl")
     with pytest.raises(CheckpointError):
         safe_load(b"not a pickle at all")
+
+
+class _CallsGetcwd:
+    """Pickles as a call of ``os.getcwd`` (harmless, but code all the same)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_torch_file_holding_code_is_refused_without_torchs_advice(tmp_path):
+    """torch's own message suggests ``weights_only=False`` (running the file's code): ICG never repeats it."""
+    torch = pytest.importorskip("torch")
+    from icg.clip_encoder import load_tensor_file
+
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _CallsGetcwd()}, path)
+    with pytest.raises(UnsafePickleError) as err:
+        load_tensor_file(path)
+    message = str(err.value)
+    assert "weights_only" not in message and "likely succeed" not in message
+    assert message.startswith(f"{path}: refused") and "holds code" in message
+    assert "not only tensors" in message and "getcwd" in message and "\n" not in message
+
+
+def test_a_corrupt_torch_file_is_not_called_code(tmp_path):
+    pytest.importorskip("torch")
+    from icg.clip_encoder import load_tensor_file
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x02 this is not a pickle")
+    with pytest.raises(CheckpointError) as err:
+        load_tensor_file(path)
+    message = str(err.value)
+    assert not isinstance(err.value, UnsafePickleError) and "not a readable weights file" in message
+    assert "weights_only" not in message and "\n" not in message

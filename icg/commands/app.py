@@ -25,6 +25,11 @@ def register(sub) -> None:
         metavar="MODEL",
         help="model id or path to offer (repeatable; the first is preselected)",
     )
+    p.add_argument(
+        "--allow-model-paths",
+        action="store_true",
+        help="also load a model path typed into the page (default: only the listed models)",
+    )
     p.add_argument("--folder", default="", help="folder preset in the Batch tab")
     p.add_argument("--template", help="prompt template preset in the Caption tab")
     p.add_argument("--open", action="store_true", dest="inbrowser", help="open the app in a web browser")
@@ -63,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     manager = make_manager(args)
-    demo, _ = create_app(manager, models=args.models, defaults=ui_defaults(args))
+    demo, _ = create_app(
+        manager, models=args.models, defaults=ui_defaults(args), allow_model_paths=args.allow_model_paths
+    )
     url = serve(demo, args.host, args.port, inbrowser=args.inbrowser, block=False)
     print(f"ICG app running on {url} (Ctrl-C to stop)", flush=True)
     wait(demo)
