@@ -33,14 +33,21 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or path (default: {DEFAULT_MODEL})")
     add_options(p, BATCH, names=("recursive", "batch_size"))
     p.add_argument("--ext", help="image extensions to take, comma-separated (default: all Pillow reads)")
-    p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
     p.add_argument(
-        "--max-pixels", type=int, help="refuse larger images as decompression bombs (0: Pillow's limit only)"
+        "--workers", type=int, metavar="N", help="image decoding threads (default: CPU count, at most 8)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse larger images as decompression bombs (0: Pillow's limit only)",
     )
 
     out = p.add_argument_group("output")
     add_options(out, BATCH, names=("sidecar_extension", "policy", "write_sidecars", "resume"))
-    out.add_argument("--output-dir", help="write caption files here, mirroring the folder tree")
+    out.add_argument(
+        "--output-dir", metavar="DIR", help="write caption files here, mirroring the folder tree"
+    )
     out.add_argument(
         "--separator", help="joins the old text and the caption on append/prepend (default: a line)"
     )

@@ -32,7 +32,7 @@ def register(sub) -> None:
         help=f"model id or path (default: {DEFAULT_MODEL}; {DEFAULT_SBG_MODEL} with the SBG options)",
     )
     p.add_argument("--json", action="store_true", help="print full results as JSON")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, metavar="N", default=8, help="images per batch (default: 8)")
     add_options(p, CAPTION)
     g = p.add_argument_group("SBG (selective blind guessing)")
     g.add_argument(

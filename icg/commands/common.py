@@ -23,6 +23,18 @@ def option_type(option: Option):
     return convert
 
 
+#: Metavars of the options whose type alone says too little.
+_METAVARS = {"seed": "SEED", "sidecar_extension": ".EXT", "template": "TEMPLATE"}
+
+
+def option_metavar(option: Option) -> str | None:
+    """A short placeholder for the option's value in ``--help``: ``N`` for whole numbers, ``X`` for
+    numbers, ``TEXT`` for text (None for choices: argparse shows ``{a,b}``)."""
+    if option.choices:
+        return None
+    return _METAVARS.get(option.name) or {int: "N", float: "X"}.get(option.type, "TEXT")
+
+
 def option_help(option: Option, default: Any = None) -> str:
     bounds = option.bounds_text()
     shown = option.default if default is None else default
@@ -63,18 +75,42 @@ def add_options(
             dest=option.name,
             type=option_type(option),
             choices=option.choices,
+            metavar=option_metavar(option),
             default=None,
             help=option_help(option, shown),
         )
 
 
+#: ``--device``'s help, for every command that takes one.
+DEVICE_HELP = "auto (default: CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:1, mps, ..."
+
+
+def add_models_dir(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument(
+        "--models-dir", metavar="DIR", help="models folder (default: $ICG_HOME or the user cache folder)"
+    )
+
+
+def add_device(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models and device")
-    g.add_argument("--models-dir", help="models folder (default: $ICG_HOME or the user cache folder)")
-    g.add_argument("--clip", help="CLIP to use: a folder with an open_clip config + weights, or a model id")
-    g.add_argument("--tokenizer", help="GPT-2 tokenizer folder or model id")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16")
+    add_models_dir(g)
+    g.add_argument(
+        "--clip",
+        metavar="CLIP",
+        help="CLIP to use: a folder with an open_clip config + weights, or a model id",
+    )
+    g.add_argument("--tokenizer", metavar="TOK", help="GPT-2 tokenizer folder or model id")
+    add_device(g)
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="DTYPE",
+        help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16",
+    )
     g.add_argument("--download", action="store_true", help="download missing registry models when needed")
 
 
