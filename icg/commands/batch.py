@@ -18,7 +18,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from icg.commands.common import add_decoding, add_options, add_runtime, decoding_overrides, make_manager
+from icg.commands.common import (
+    ProgressBar,
+    add_decoding,
+    add_options,
+    add_runtime,
+    decoding_overrides,
+    make_manager,
+)
 from icg.options import BATCH, BATCH_TEMPLATE, CAPTION, DEFAULT_MODEL, KEYWORDS_TEMPLATE, TEMPLATE
 
 
@@ -112,17 +119,20 @@ EXIT_RECORD_WRITE = 3
 
 
 def run(args: argparse.Namespace) -> int:
-    from icg.batch.engine import run_batch
+    from icg.batch.engine import plan_batch, run_batch
     from icg.batch.report import format_summary
     from icg.sinks import RecordWriteError
 
     options = options_from_args(args)
+    plan = plan_batch(options)  # the folder first: a wrong one fails before any model loads
     manager = make_manager(args)
     stop = threading.Event()
-    bar = _ProgressBar(enabled=not args.no_progress and not options.dry_run)
+    bar = ProgressBar(enabled=not args.no_progress and not options.dry_run)
+    if not args.no_progress and plan.todo and (options.preview or not options.dry_run):
+        bar.write(_loading_line(options.model, manager, len(plan.todo)))
     try:
         with bar, stop_on_sigint(stop, bar.write):
-            summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set)
+            summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set, plan=plan)
     except RecordWriteError as err:
         if args.debug:
             raise
@@ -133,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary, options))
     return summary.exit_code
+
+
+def _loading_line(model: str, manager, images: int) -> str:
+    """What the run loads before its first caption (the ~20 s a user would otherwise wait in silence)."""
+    return (
+        f"icg: loading {model} and its CLIP on {manager.device} to caption {images} image(s) "
+        "(this can take a while the first time)"
+    )
 
 
 @contextlib.contextmanager
@@ -158,39 +176,3 @@ def stop_on_sigint(stop: threading.Event, notify: Callable[[str], None]) -> Iter
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-class _ProgressBar:
-    """A tqdm bar on stderr, created on the first progress report (once the total is known)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def update(self, done: int, total: int, info: dict) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            if info.get("skipped"):
-                self.write(
-                    f"icg: {info['skipped']} of {info.get('found', '?')} images already done; skipping them"
-                )
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="captioning")
-        self.bar.update(done - self.bar.n)
-        if info.get("failed"):
-            self.bar.set_postfix(failed=info["failed"], refresh=False)
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)

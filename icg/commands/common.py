@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -137,3 +138,41 @@ def make_manager(args: argparse.Namespace):
             vocabulary=getattr(args, "vocabulary", None),
         )
     )
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, created on the first progress report (once the total is known)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, done: int, total: int, info: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if not total:
+                return  # nothing to do: no bar reading "0img"
+            from tqdm import tqdm
+
+            if info.get("skipped"):
+                self.write(
+                    f"icg: {info['skipped']} of {info.get('found', '?')} images already done; skipping them"
+                )
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="captioning")
+        self.bar.update(done - self.bar.n)
+        if info.get("failed"):
+            self.bar.set_postfix(failed=info["failed"], refresh=False)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
