@@ -19,18 +19,29 @@ _DTYPES = {
 
 
 def resolve_device(device: Any = "auto"):
-    """``"auto"`` picks CUDA when available, else the CPU; anything torch accepts passes through."""
+    """``"auto"`` picks CUDA when available, else Apple's MPS, else the CPU; anything torch accepts
+    passes through."""
     import torch
 
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available(torch) else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ConfigError(f"unknown device {device!r}: {err}") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for, but this torch sees no CUDA GPU")
+    if resolved.type == "mps" and not _mps_available(torch):
+        raise ConfigError(f"device {device!r} was asked for, but this torch has no MPS (Apple GPU) support")
     return resolved
+
+
+def _mps_available(torch) -> bool:
+    """Whether this torch can run on Apple's GPU (``torch.backends.mps`` exists from torch 1.12)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def resolve_dtype(device, dtype: Any = "auto"):

@@ -13,6 +13,7 @@ import pytest
 from icg.cli import main
 from icg.models import download
 from tests.model_fixtures import fixture_models, install_fake_hub, use_test_registry, write_image
+from tests.test_download import check_install_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,11 +113,16 @@ def test_download_fails_fast_with_one_clear_message(models, monkeypatch, capsys,
     assert main(["download", "clip-prefix-flickr8k", "--no-deps", "--quiet"]) == 1
     captured = capsys.readouterr()
     assert "downloading 1 model(s)" in captured.out and "in total" in captured.out
-    [line] = captured.err.strip().splitlines()
-    assert "flickr8k_gradient.pt" in line
-    assert "https://huggingface.co/Anshler/clip-prefix/resolve/main/flickr8k_gradient.pt" in line
-    assert "python -m icg import FILE --as clip-prefix-flickr8k" in line
-    assert "https://www.mediafire.com/file/qof8qa7odm4dfck/" in line
+    headline = captured.err.splitlines()[0]
+    assert headline.startswith("icg: error: ") and "'clip-prefix-flickr8k'" in headline
+    check_install_block(
+        captured.err,
+        [
+            "https://huggingface.co/Anshler/clip-prefix/resolve/main/flickr8k_gradient.pt",
+            "https://www.mediafire.com/file/qof8qa7odm4dfck/flickr8k_prefix-030.pt/file",
+        ],
+        "python -m icg import FILE --as clip-prefix-flickr8k",
+    )
     assert [c for c in calls if not c["local_files_only"]] == []  # never the hub's slow retry loop
     assert not (models / "clip-prefix-flickr8k").exists()
 
@@ -169,9 +175,10 @@ def test_real_offline_download_from_a_subprocess_is_fast(tmp_path):
         check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert "all_labels.pkl" in line and "raw.githubusercontent.com/Anshler/ICG_sd_extension" in line
-    assert "python -m icg import FOLDER --as sbg-vocabulary" in line
+    base = "https://raw.githubusercontent.com/Anshler/ICG_sd_extension/"
+    urls = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith(base)]
+    assert [url.rsplit("/", 1)[-1] for url in urls] == ["all_labels.pkl", "encyclopedia.pkl"]
+    check_install_block(result.stderr, urls, "python -m icg import FOLDER --as sbg-vocabulary")
 
 
 def test_download_probes_again_after_the_network_came_back(models, tmp_path, monkeypatch, capsys):

@@ -246,11 +246,12 @@ def test_offline_refuses_with_one_clear_message(server, tmp_path, monkeypatch, h
     with pytest.raises(DownloadError) as info:
         download.download_model(entry, tmp_path, offline=offline, progress=False)
     text = str(info.value)
-    assert "offline" in text
-    assert "w.bin" in text and f"{server.base}/w.bin" in text
-    assert "python -m icg import FILE --as tiny-url" in text
-    assert "https://example.invalid/page" in text  # the manual page
-    assert "\n" not in text
+    assert "offline" in text.splitlines()[0]
+    check_install_block(
+        text,
+        [f"{server.base}/w.bin", "https://example.invalid/page"],
+        "python -m icg import FILE --as tiny-url",
+    )
     assert server.requests == []
     assert not (tmp_path / "tiny-url").exists()
 
@@ -303,9 +304,12 @@ def test_hf_offline_only_looks_in_the_hub_cache(fake_hub, tmp_path, monkeypatch,
     assert fake_hub and all(c["local_files_only"] and c["local_dir"] is None for c in fake_hub)
     assert _online == []  # no network probe either
     text = str(info.value)
-    assert "offline" in text and "\n" not in text
-    assert "https://huggingface.co/someone/tiny/resolve/main/config.json" in text
-    assert "python -m icg import FOLDER --as tiny-hf" in text
+    assert "offline" in text.splitlines()[0]
+    check_install_block(
+        text,
+        ["https://huggingface.co/someone/tiny/resolve/main/config.json"],
+        "python -m icg import FOLDER --as tiny-hf",
+    )
     assert not (tmp_path / "tiny-hf").exists()
 
 
@@ -332,11 +336,16 @@ def test_unreachable_hub_fails_fast_once_per_host(fake_hub, tmp_path, monkeypatc
         download.download_models([_hf_entry(), other], tmp_path, offline=False, progress=False)
     assert [c for c in fake_hub if not c.get("local_files_only")] == []  # the slow hub call never ran
     assert _online == ["https://huggingface.co"]  # one probe for every file of both models
-    lines = str(info.value).splitlines()
-    assert len(lines) == 2
-    assert "config.json" in lines[0] and "Name or service not known" in lines[0]
-    assert "https://huggingface.co/someone/tiny/resolve/main/config.json" in lines[0]
-    assert "python -m icg import FOLDER --as tiny-hf" in lines[0]
+    text = str(info.value)
+    headlines = [line for line in text.splitlines() if not line.startswith(" ")]
+    assert len(headlines) == 2  # one per model, each followed by its install block
+    assert "config.json" in headlines[0] and "Name or service not known" in headlines[0]
+    first = text[: text.index(headlines[1])]
+    check_install_block(
+        first,
+        ["https://huggingface.co/someone/tiny/resolve/main/config.json"],
+        "python -m icg import FOLDER --as tiny-hf",
+    )
     assert not (tmp_path / "tiny-hf").exists()  # the folder a failed download created is gone
 
 
@@ -404,7 +413,7 @@ def test_download_models_accepts_ids(tmp_path):
 def test_sizes_for_listing():
     entries = load_registry()
     assert download.expected_size(entries["sbg-vocabulary"]) == 107881 + 51281
-    assert download.expected_size(entries["clip-prefix-flickr8k"]) is None
+    assert download.expected_size(entries["clip-prefix-flickr8k"]) == 650_000_000  # the registry's guess
     assert download.format_size(None) == "unknown size"
     assert download.format_size(512) == "512 B"
     assert download.format_size(1536) == "1.5 KB"
@@ -443,3 +452,36 @@ def test_hf_kwargs_fit_the_installed_hub():
     signature = inspect.signature(hub.hf_hub_download)
     signature.bind(repo_id="a/b", filename="f", local_dir="/tmp/x", revision="main")
     assert callable(hub.get_hf_file_metadata) and callable(hub.hf_hub_url)
+
+
+def check_install_block(text: str, urls: list[str], command: str) -> None:
+    """``text`` is a one-line headline and an indented "install by hand" block naming each of ``urls``
+    once, one a line, and the import ``command``."""
+    headline, *block = text.strip("\n").splitlines()
+    assert block and all(line.startswith("  ") for line in block), text
+    assert len(headline) <= 160, headline
+    assert block[0].strip().startswith("install by hand")
+    for url in urls:
+        assert text.count(url) == 1, (url, text)
+    assert any(line.strip() == f"then run: {command}" for line in block), text
+    assert all(line.count("://") <= 1 for line in block), text  # one address a line
+
+
+def test_sizes_the_registry_guesses_read_as_approximate():
+    entries = load_registry()
+    plan = download.plan_download(
+        [entries["clip-prefix-flickr8k"], entries["sbg-vocabulary"]], "/nonexistent-icg-models", offline=True
+    )
+    assert plan.total == "about 620.0 MB"  # 650 MB guessed + 155 KB known
+    everything = download.plan_download(load_registry(), "/nonexistent-icg-models", offline=True)
+    assert "unknown" not in everything.total
+    exact = download.SizeTotal(1536)
+    assert str(exact) == "1.5 KB"
+    assert str(exact + download.SizeTotal(unknown=2)) == "1.5 KB + 2 file(s) of unknown size"
+
+
+def test_every_auto_source_of_the_registry_states_a_size():
+    for entry in load_registry().values():
+        for source in entry.sources:
+            if source.is_auto:
+                assert source.size is not None or source.approx_size is not None, (entry.id, source.filename)

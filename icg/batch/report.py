@@ -11,6 +11,8 @@ def format_summary(summary, options) -> str:
 
 
 def _summary_lines(summary, options) -> list[str]:
+    if summary.total == 0 and not summary.failures:
+        return [_nothing_found(summary, options)]
     lines = []
     if summary.dry_run:
         plan = summary.plan_counts
@@ -79,3 +81,16 @@ def _failure_lines(summary) -> list[str]:
     if not summary.failures:
         return []
     return [f"failed ({len(summary.failures)}):"] + [f"  {f.path}: {f.reason}" for f in summary.failures]
+
+
+def _nothing_found(summary, options) -> str:
+    """``no images found in DIR (and its subfolders); looked for .bmp, .jpeg, ...``"""
+    from icg.discovery import normalise_extensions
+    from icg.imaging import supported_extensions
+
+    wanted = options.extensions if options.extensions is not None else supported_extensions()
+    where = " or its subfolders" if options.recursive else " (subfolders not searched)"
+    return (
+        f"no images found in {summary.root}{where}; looked for files ending in "
+        + ", ".join(sorted(normalise_extensions(wanted)))
+    )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from icg.captioners.generation import generate
+from icg.captioners.limits import check_gpt2_config, check_mapper_config
 from icg.captioners.mappers import MapperConfig, build_mapper, infer_mapper_config
 from icg.captioners.prefix_kind import FORMAT
 from icg.captioners.result import Candidate, CaptionResult
@@ -80,8 +81,14 @@ class PrefixModelConfig:
             raise CheckpointError(
                 f"{where}: config version {data['version']} is newer than this ICG understands"
             )
-        data["mapper"] = from_dict(MapperConfig, data.get("mapper"), where=where)
-        return from_dict(cls, data, where=where)
+        for name in ("mapper", "lm"):
+            if not isinstance(data.get(name), dict):
+                raise CheckpointError(f"{where}: {name} must be a JSON object, not {data.get(name)!r}")
+        data["mapper"] = from_dict(MapperConfig, data["mapper"], where=where)
+        cfg = from_dict(cls, data, where=where)
+        check_mapper_config(cfg.mapper, where)  # before anything is built from the sizes
+        check_gpt2_config(cfg.lm, f"{where} (lm)")
+        return cfg
 
 
 class PrefixCaptionModel(nn.Module):

@@ -18,7 +18,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from icg.commands.common import add_decoding, add_options, add_runtime, decoding_overrides, make_manager
+from icg.commands.common import (
+    ProgressBar,
+    add_decoding,
+    add_options,
+    add_runtime,
+    decoding_overrides,
+    make_manager,
+)
 from icg.options import BATCH, BATCH_TEMPLATE, CAPTION, DEFAULT_MODEL, KEYWORDS_TEMPLATE, TEMPLATE
 
 
@@ -33,14 +40,21 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or path (default: {DEFAULT_MODEL})")
     add_options(p, BATCH, names=("recursive", "batch_size"))
     p.add_argument("--ext", help="image extensions to take, comma-separated (default: all Pillow reads)")
-    p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, at most 8)")
     p.add_argument(
-        "--max-pixels", type=int, help="refuse larger images as decompression bombs (0: Pillow's limit only)"
+        "--workers", type=int, metavar="N", help="image decoding threads (default: CPU count, at most 8)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse larger images as decompression bombs (0: Pillow's limit only)",
     )
 
     out = p.add_argument_group("output")
     add_options(out, BATCH, names=("sidecar_extension", "policy", "write_sidecars", "resume"))
-    out.add_argument("--output-dir", help="write caption files here, mirroring the folder tree")
+    out.add_argument(
+        "--output-dir", metavar="DIR", help="write caption files here, mirroring the folder tree"
+    )
     out.add_argument(
         "--separator", help="joins the old text and the caption on append/prepend (default: a line)"
     )
@@ -105,17 +119,20 @@ EXIT_RECORD_WRITE = 3
 
 
 def run(args: argparse.Namespace) -> int:
-    from icg.batch.engine import run_batch
+    from icg.batch.engine import plan_batch, run_batch
     from icg.batch.report import format_summary
     from icg.sinks import RecordWriteError
 
     options = options_from_args(args)
+    plan = plan_batch(options)  # the folder first: a wrong one fails before any model loads
     manager = make_manager(args)
     stop = threading.Event()
-    bar = _ProgressBar(enabled=not args.no_progress and not options.dry_run)
+    bar = ProgressBar(enabled=not args.no_progress and not options.dry_run)
+    if not args.no_progress and plan.todo and (options.preview or not options.dry_run):
+        bar.write(_loading_line(options.model, manager, len(plan.todo)))
     try:
         with bar, stop_on_sigint(stop, bar.write):
-            summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set)
+            summary = run_batch(manager, options, on_progress=bar.update, should_stop=stop.is_set, plan=plan)
     except RecordWriteError as err:
         if args.debug:
             raise
@@ -126,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary, options))
     return summary.exit_code
+
+
+def _loading_line(model: str, manager, images: int) -> str:
+    """What the run loads before its first caption (the ~20 s a user would otherwise wait in silence)."""
+    return (
+        f"icg: loading {model} and its CLIP on {manager.device} to caption {images} image(s) "
+        "(this can take a while the first time)"
+    )
 
 
 @contextlib.contextmanager
@@ -151,39 +176,3 @@ def stop_on_sigint(stop: threading.Event, notify: Callable[[str], None]) -> Iter
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-class _ProgressBar:
-    """A tqdm bar on stderr, created on the first progress report (once the total is known)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def update(self, done: int, total: int, info: dict) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            if info.get("skipped"):
-                self.write(
-                    f"icg: {info['skipped']} of {info.get('found', '?')} images already done; skipping them"
-                )
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="captioning")
-        self.bar.update(done - self.bar.n)
-        if info.get("failed"):
-            self.bar.set_postfix(failed=info["failed"], refresh=False)
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)

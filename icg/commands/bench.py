@@ -14,8 +14,8 @@ def register(sub) -> None:
     p.add_argument(
         "--size", choices=("tiny", "real"), default="tiny", help="random weights at tiny or real sizes"
     )
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--tokens", type=int, default=20, help="forced new tokens per caption")
+    p.add_argument("--batch", type=int, metavar="N", default=8, help="images per batch (default: 8)")
+    p.add_argument("--tokens", type=int, metavar="N", default=20, help="forced new tokens per caption")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (under a minute on a CPU)")
     p.add_argument("--suite", action="append", choices=tuple(SUITES), help="run only these (repeatable)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -14,10 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from icg.commands.common import add_decoding, add_options, add_runtime, decoding_overrides, make_manager
-from icg.options import CAPTION, DEFAULT_MODEL
+from icg.commands.common import (
+    ProgressBar,
+    add_decoding,
+    add_options,
+    add_runtime,
+    decoding_overrides,
+    make_manager,
+    option_type,
+)
+from icg.options import BATCH, CAPTION, DEFAULT_MODEL
 
 DEFAULT_SBG_MODEL = "sbg-flickr8k"
+#: From this many images on, ``icg caption`` shows a progress bar.
+PROGRESS_FROM = 4
 
 
 def register(sub) -> None:
@@ -32,7 +42,18 @@ def register(sub) -> None:
         help=f"model id or path (default: {DEFAULT_MODEL}; {DEFAULT_SBG_MODEL} with the SBG options)",
     )
     p.add_argument("--json", action="store_true", help="print full results as JSON")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"no progress bar (shown on stderr for more than {PROGRESS_FROM - 1} images)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=option_type(BATCH["batch_size"]),
+        metavar="N",
+        default=8,
+        help="images per batch (default: 8)",
+    )
     add_options(p, CAPTION)
     g = p.add_argument_group("SBG (selective blind guessing)")
     g.add_argument(
@@ -68,12 +89,21 @@ def run(args: argparse.Namespace) -> int:
         force=tuple(args.force),
         ban=tuple(args.ban),
     )
+    if args.images:
+        _check_files(args.images)  # every file before any model loads: a typo fails at once
     manager = make_manager(args)
     decoding = decoding_overrides(args)
     if args.images:
-        results = caption_images(
-            manager, model, args.images, decoding=decoding, options=options, batch_size=args.batch_size
-        )
+        results = []
+        size = args.batch_size
+        show = not args.no_progress and len(args.images) >= PROGRESS_FROM
+        with ProgressBar(enabled=show) as bar:
+            for first in range(0, len(args.images), size):
+                chunk = args.images[first : first + size]
+                results += caption_images(
+                    manager, model, chunk, decoding=decoding, options=options, batch_size=size
+                )
+                bar.update(len(results), len(args.images), {})
     else:
         results = [caption_keywords(manager, model, args.keywords, decoding=decoding, options=options)]
     if args.json:
@@ -84,3 +114,13 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{r.source}\t{r.caption}")
     return 0
+
+
+def _check_files(paths: list[str]) -> None:
+    """``ImageError`` naming the first path that is missing, a folder or empty (no image is decoded)."""
+    from pathlib import Path
+
+    from icg.imaging import _check_file  # the reasons load_image gives, without decoding
+
+    for path in paths:
+        _check_file(Path(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +22,18 @@ def option_type(option: Option):
 
     convert.__name__ = option.type.__name__  # argparse names the type in its "invalid ..." message
     return convert
+
+
+#: Metavars of the options whose type alone says too little.
+_METAVARS = {"seed": "SEED", "sidecar_extension": ".EXT", "template": "TEMPLATE"}
+
+
+def option_metavar(option: Option) -> str | None:
+    """A short placeholder for the option's value in ``--help``: ``N`` for whole numbers, ``X`` for
+    numbers, ``TEXT`` for text (None for choices: argparse shows ``{a,b}``)."""
+    if option.choices:
+        return None
+    return _METAVARS.get(option.name) or {int: "N", float: "X"}.get(option.type, "TEXT")
 
 
 def option_help(option: Option, default: Any = None) -> str:
@@ -63,18 +76,42 @@ def add_options(
             dest=option.name,
             type=option_type(option),
             choices=option.choices,
+            metavar=option_metavar(option),
             default=None,
             help=option_help(option, shown),
         )
 
 
+#: ``--device``'s help, for every command that takes one.
+DEVICE_HELP = "auto (default: CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:1, mps, ..."
+
+
+def add_models_dir(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument(
+        "--models-dir", metavar="DIR", help="models folder (default: $ICG_HOME or the user cache folder)"
+    )
+
+
+def add_device(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models and device")
-    g.add_argument("--models-dir", help="models folder (default: $ICG_HOME or the user cache folder)")
-    g.add_argument("--clip", help="CLIP to use: a folder with an open_clip config + weights, or a model id")
-    g.add_argument("--tokenizer", help="GPT-2 tokenizer folder or model id")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16")
+    add_models_dir(g)
+    g.add_argument(
+        "--clip",
+        metavar="CLIP",
+        help="CLIP to use: a folder with an open_clip config + weights, or a model id",
+    )
+    g.add_argument("--tokenizer", metavar="TOK", help="GPT-2 tokenizer folder or model id")
+    add_device(g)
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="DTYPE",
+        help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16",
+    )
     g.add_argument("--download", action="store_true", help="download missing registry models when needed")
 
 
@@ -101,3 +138,41 @@ def make_manager(args: argparse.Namespace):
             vocabulary=getattr(args, "vocabulary", None),
         )
     )
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, created on the first progress report (once the total is known)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, done: int, total: int, info: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if not total:
+                return  # nothing to do: no bar reading "0img"
+            from tqdm import tqdm
+
+            if info.get("skipped"):
+                self.write(
+                    f"icg: {info['skipped']} of {info.get('found', '?')} images already done; skipping them"
+                )
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, desc="captioning")
+        self.bar.update(done - self.bar.n)
+        if info.get("failed"):
+            self.bar.set_postfix(failed=info["failed"], refresh=False)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)

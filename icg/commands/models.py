@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from icg.commands.common import add_models_dir
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -18,15 +20,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_models_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models-dir", help="models folder (default: $ICG_HOME or the user cache folder)")
-
-
 def register(sub) -> None:
     from icg.models.importer import import_kinds
 
     p = sub.add_parser("models", help="list known models and the models in the models folder")
-    _add_models_dir(p)
+    add_models_dir(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=run_models)
 
@@ -38,7 +36,7 @@ def register(sub) -> None:
         "fetch the files by hand and import them.",
     )
     p.add_argument("ids", nargs="+", metavar="ID", help="registry ids (see `icg models`)")
-    _add_models_dir(p)
+    add_models_dir(p)
     p.add_argument("--no-deps", action="store_true", help="only the named models, not the CLIP/tokenizer/...")
     p.add_argument(
         "--keep-original", action="store_true", help="keep downloaded .pt / .pkl files after converting"
@@ -54,25 +52,37 @@ def register(sub) -> None:
         "SBG GPT-2 folder, or the SBG vocabulary pickles (the folder holding all_labels.pkl and "
         "encyclopedia.pkl, or the two files). Registry ids take the registry's facts.",
     )
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the model's file(s) or folder")
     p.add_argument("--as", dest="model_id", required=True, metavar="ID", help="the model id to install as")
     p.add_argument("--kind", choices=import_kinds(), help="what the files are (default: detected)")
-    p.add_argument("--clip", help="the CLIP it was trained on: ARCH/PRETRAINED, a CLIP model id or folder")
+    p.add_argument(
+        "--clip",
+        metavar="CLIP",
+        help="the CLIP it was trained on: ARCH/PRETRAINED, a CLIP model id or folder",
+    )
     p.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="were the CLIP features L2-normalised in training? (default: yes; the original ClipCap: no)",
     )
-    p.add_argument("--n-head", type=_positive_int, help="GPT-2 attention heads (default: width / 64)")
-    p.add_argument("--mapper-heads", type=_positive_int, help="heads of a transformer mapper (default: 8)")
-    p.add_argument("--tokenizer", help="tokenizer id or folder the model uses (default: gpt2-tokenizer)")
-    p.add_argument("--vocabulary", help="SBG: vocabulary id or folder (default: sbg-vocabulary)")
+    p.add_argument(
+        "--n-head", type=_positive_int, metavar="N", help="GPT-2 attention heads (default: width / 64)"
+    )
+    p.add_argument(
+        "--mapper-heads", type=_positive_int, metavar="N", help="heads of a transformer mapper (default: 8)"
+    )
+    p.add_argument(
+        "--tokenizer", metavar="TOK", help="tokenizer id or folder the model uses (default: gpt2-tokenizer)"
+    )
+    p.add_argument(
+        "--vocabulary", metavar="VOCAB", help="SBG: vocabulary id or folder (default: sbg-vocabulary)"
+    )
     p.add_argument(
         "--keep-original", action="store_true", help="also copy the original file(s) into the folder"
     )
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
-    _add_models_dir(p)
+    add_models_dir(p)
     p.set_defaults(func=run_import)
 
 

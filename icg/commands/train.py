@@ -14,7 +14,7 @@ import logging
 import re
 from pathlib import Path
 
-from icg.commands.common import add_runtime
+from icg.commands.common import add_device, add_models_dir, add_runtime
 from icg.train.config import (
     PREFIX_PAPER_RUN,
     PREFIX_VAL_IMAGES,
@@ -39,13 +39,15 @@ def _register_features(sub) -> None:
         description="DATASET: a Flickr8k/30k captions file, a folder holding one (Kaggle layout), "
         "or a folder of images with sidecar .txt captions.",
     )
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help="captions file or dataset folder (see above)")
     p.add_argument("--out", required=True, help="feature folder to write (resumed when it exists)")
     _add_dataset_options(p)
-    p.add_argument("--test-images", type=int, default=1000, help="last N images form the test split (1000)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=2048, help="images per safetensors shard")
-    p.add_argument("--workers", type=int, default=2, help="image-reading threads")
+    p.add_argument(
+        "--test-images", type=int, metavar="N", default=1000, help="last N images form the test split (1000)"
+    )
+    p.add_argument("--batch-size", type=int, metavar="N", default=32, help="images per CLIP batch (32)")
+    p.add_argument("--shard-size", type=int, metavar="N", default=2048, help="images per safetensors shard")
+    p.add_argument("--workers", type=int, metavar="N", default=2, help="image-reading threads")
     p.add_argument(
         "--overwrite", action="store_true", help="replace features of other images or another CLIP"
     )
@@ -66,10 +68,16 @@ def _register_train(sub) -> None:
     _add_train_common(prefix, PREFIX_PAPER_RUN, val_images=PREFIX_VAL_IMAGES)
     g = prefix.add_argument_group("model")
     g.add_argument("--mapper", default="mlp", choices=("mlp", "linear", "transformer"), help="(default: mlp)")
-    g.add_argument("--prefix-length", type=int, default=10, help="GPT-2 prefix tokens (default: 10)")
-    g.add_argument("--hidden-dim", type=int, help="MLP hidden size (default: prefix length * width / 2)")
-    g.add_argument("--clip-length", type=int, default=10, help="transformer mapper: CLIP tokens (10)")
-    g.add_argument("--mapper-layers", type=int, default=8, help="transformer mapper: layers (8)")
+    g.add_argument(
+        "--prefix-length", type=int, metavar="N", default=10, help="GPT-2 prefix tokens (default: 10)"
+    )
+    g.add_argument(
+        "--hidden-dim", type=int, metavar="N", help="MLP hidden size (default: prefix length * width / 2)"
+    )
+    g.add_argument(
+        "--clip-length", type=int, metavar="N", default=10, help="transformer mapper: CLIP tokens (10)"
+    )
+    g.add_argument("--mapper-layers", type=int, metavar="N", default=8, help="transformer mapper: layers (8)")
     g.add_argument("--mapper-only", action="store_true", help="freeze GPT-2 and train only the mapper")
     g.add_argument(
         "--normalize",
@@ -95,6 +103,7 @@ def _register_train(sub) -> None:
     g.add_argument(
         "--block-size",
         type=int,
+        metavar="N",
         default=SBG_BLOCK_SIZE,
         help=f"tokens per packed block (default: {SBG_BLOCK_SIZE})",
     )
@@ -118,20 +127,26 @@ def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
         help="continue training a model of this kind: a registry id (e.g. clip-prefix-flickr8k) or a folder",
     )
     g.add_argument("--lm", help="GPT-2 to start from: a folder, or a Hugging Face id in the cache (gpt2)")
-    g.add_argument("--lm-config", help="random GPT-2 instead: tiny, gpt2, or a config.json")
+    g.add_argument("--lm-config", metavar="CONFIG", help="random GPT-2 instead: tiny, gpt2, or a config.json")
     g.add_argument("--tokenizer", help="GPT-2 tokenizer folder or model id (default: gpt2-tokenizer)")
     g = p.add_argument_group("data")
     g.add_argument(
-        "--test-images", type=int, help="last N images are held out (default: the features' split)"
+        "--test-images",
+        type=int,
+        metavar="N",
+        help="last N images are held out (default: the features' split)",
     )
     g.add_argument(
         "--lowercase", action=argparse.BooleanOptionalAction, default=True, help="lower-case captions"
     )
-    g.add_argument("--max-tokens", type=int, help="caption tokens kept (default: min(mean + 10 std, max))")
+    g.add_argument(
+        "--max-tokens", type=int, metavar="N", help="caption tokens kept (default: min(mean + 10 std, max))"
+    )
     val_default = val_images if val_images is not None else "as many as the test split (the paper: 1000)"
     g.add_argument(
         "--val-images",
         type=int,
+        metavar="N",
         default=val_images,
         help="hold out the last N images before the test split and report their loss after every epoch "
         f"(default: {val_default})",
@@ -141,6 +156,7 @@ def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
     g.add_argument(
         "--epochs",
         type=int,
+        metavar="N",
         help=f"epochs to run (default: {paper.epochs}"
         + (f", on a schedule sized for {schedule}, as the paper ran" if schedule != paper.epochs else "")
         + ")",
@@ -148,29 +164,41 @@ def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
     g.add_argument(
         "--schedule-epochs",
         type=int,
+        metavar="N",
         help="size the linear learning-rate decay for N epochs (default: --epochs; "
         f"{schedule} when --epochs is not given)",
     )
-    g.add_argument("--batch-size", type=int, default=paper.batch_size, help=f"(default: {paper.batch_size})")
-    g.add_argument("--lr", type=float, default=paper.lr, help=f"AdamW learning rate (default: {paper.lr:g})")
+    g.add_argument(
+        "--batch-size", type=int, metavar="N", default=paper.batch_size, help=f"(default: {paper.batch_size})"
+    )
+    g.add_argument(
+        "--lr", type=float, metavar="X", default=paper.lr, help=f"AdamW learning rate (default: {paper.lr:g})"
+    )
     g.add_argument(
         "--warmup",
         type=int,
+        metavar="N",
         default=paper.warmup_steps,
         help=f"linear warm-up steps (default: {paper.warmup_steps})",
     )
     g.add_argument(
         "--weight-decay",
         type=float,
+        metavar="X",
         default=paper.weight_decay,
         help=f"AdamW weight decay (default: {paper.weight_decay:g})",
     )
     g.add_argument(
-        "--adam-eps", type=float, default=paper.adam_eps, help=f"AdamW epsilon (default: {paper.adam_eps:g})"
+        "--adam-eps",
+        type=float,
+        metavar="X",
+        default=paper.adam_eps,
+        help=f"AdamW epsilon (default: {paper.adam_eps:g})",
     )
     g.add_argument(
         "--clip-grad",
         type=float,
+        metavar="X",
         default=paper.max_grad_norm,
         help=f"max gradient norm; 0: no clipping (default: {paper.max_grad_norm:g})",
     )
@@ -186,9 +214,13 @@ def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
         choices=("auto", "fp32", "fp16", "bf16"),
         help="autocast on CUDA (auto: bf16 where supported, else fp16); fp32 on the CPU",
     )
-    g.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)")
-    g.add_argument("--log-every", type=int, default=50, help="steps between progress lines (default: 50)")
-    g.add_argument("--keep", type=int, default=0, help="epoch folders to keep (0: all)")
+    g.add_argument(
+        "--seed", type=int, metavar="SEED", default=0, help="initialisation and shuffling seed (default: 0)"
+    )
+    g.add_argument(
+        "--log-every", type=int, metavar="N", default=50, help="steps between progress lines (default: 50)"
+    )
+    g.add_argument("--keep", type=int, metavar="N", default=0, help="epoch folders to keep (0: all)")
     g.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
@@ -196,8 +228,8 @@ def _add_train_common(p, paper: TrainConfig, *, val_images: int | None) -> None:
         help="continue from the newest checkpoint in --out",
     )
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--models-dir", help="models folder (default: $ICG_HOME or the user cache folder)")
+    add_device(g)
+    add_models_dir(g)
     g.add_argument("--download", action="store_true", help="download missing models (GPT-2, tokenizer, ...)")
     _add_quiet(p)
     p.set_defaults(clip=None, dtype="auto", paper=paper)
@@ -210,17 +242,22 @@ def _register_evaluate(sub) -> None:
         description="DATASET: a captions file or dataset folder (as for `features`), or a feature folder "
         "computed with the model's CLIP.",
     )
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help="captions file, dataset folder or feature folder")
     p.add_argument("--model", required=True, help="model id or checkpoint folder")
-    p.add_argument("--split", default="test", choices=("test", "train", "all"))
-    p.add_argument("--test-images", type=int, help="last N images are the test split (default 1000)")
-    p.add_argument("--limit", type=int, help="score only the first N images of the split")
+    p.add_argument("--split", default="test", choices=("test", "train", "all"),
+                   help="the images to caption and score (default: test)")
+    p.add_argument(
+        "--test-images", type=int, metavar="N", help="last N images are the test split (default 1000)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="score only the first N images of the split")
     _add_dataset_options(p)
     p.add_argument("--out", help="report path (default: eval-<model>-<split>.json); captions go beside it")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="image-reading threads (default: CPU cores, at most 8)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=32, help="images per batch (32)")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="image-reading threads (default: CPU cores, at most 8)"
+    )
     p.add_argument("--top", default="1,2,5", help="SBG: candidate counts, one table row each (1,2,5)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (SBG)")
+    p.add_argument("--seed", type=int, metavar="SEED", default=0, help="sampling seed (SBG)")
     p.add_argument(
         "--metric-tokenizer",
         default="seed",
@@ -235,8 +272,11 @@ def _register_evaluate(sub) -> None:
 
 def _add_dataset_options(p) -> None:
     p.add_argument("--images", help="images folder of a captions file (default: found beside it)")
-    p.add_argument("--format", default="auto", choices=("auto", "flickr", "folder"), dest="dataset_format")
-    p.add_argument("--caption-ext", default=".txt", help="sidecar caption extension of a folder dataset")
+    p.add_argument("--format", default="auto", choices=("auto", "flickr", "folder"), dest="dataset_format",
+                   help="the dataset's layout (default: auto, detected)")
+    p.add_argument(
+        "--caption-ext", default=".txt", metavar=".EXT", help="sidecar caption extension of a folder dataset"
+    )
 
 
 def _add_quiet(p) -> None:

@@ -132,34 +132,58 @@ def _file_size(entry: ModelEntry, filename: str) -> int | None:
     return sizes[0] if sizes else None
 
 
-def _sum_sizes(entry: ModelEntry, files: Iterable[str], probe: bool = False) -> tuple[int, int]:
-    """(known bytes, number of files of unknown size) for ``files`` of ``entry``."""
-    known, unknown = 0, 0
+def _approx_size(entry: ModelEntry, filename: str) -> int | None:
+    sizes = [s.approx_size for s in entry.sources_for(filename) if s.approx_size is not None]
+    return sizes[0] if sizes else None
+
+
+@dataclass(frozen=True)
+class SizeTotal:
+    """Bytes of some files: ``known`` (exact or approximate; ``approximate`` when any was), and the
+    number of files whose size nobody knows."""
+
+    known: int = 0
+    unknown: int = 0
+    approximate: bool = False
+
+    def __add__(self, other: SizeTotal) -> SizeTotal:
+        return SizeTotal(
+            self.known + other.known, self.unknown + other.unknown, self.approximate or other.approximate
+        )
+
+    def __str__(self) -> str:
+        """``'1.2 GB'``, ``'about 1.2 GB'``, ``'about 1.2 GB + 2 file(s) of unknown size'`` or
+        ``'unknown size'``."""
+        if self.unknown and not self.known:
+            return "unknown size"
+        text = ("about " if self.approximate else "") + format_size(self.known)
+        return f"{text} + {self.unknown} file(s) of unknown size" if self.unknown else text
+
+
+def _sum_sizes(entry: ModelEntry, files: Iterable[str], probe: bool = False) -> SizeTotal:
+    """The size of ``files`` of ``entry``: the registry's exact sizes, else (``probe``) the server's,
+    else the registry's approximate ones."""
+    total = SizeTotal()
     for name in files:
         size = _file_size(entry, name)
         if size is None and probe:
             size = next((s for s in map(_probe_size, entry.sources_for(name)) if s is not None), None)
-        if size is None:
-            unknown += 1
+        if size is not None:
+            total += SizeTotal(size)
+        elif _approx_size(entry, name) is not None:
+            total += SizeTotal(_approx_size(entry, name), approximate=True)
         else:
-            known += size
-    return known, unknown
-
-
-def _describe_total(known: int, unknown: int) -> str:
-    if unknown and not known:
-        return "unknown size"
-    if unknown:
-        return f"{format_size(known)} + {unknown} file(s) of unknown size"
-    return format_size(known)
+            total += SizeTotal(unknown=1)
+    return total
 
 
 def expected_size(entry: ModelEntry) -> int | None:
-    """Bytes a download of the model's required files takes; ``None`` if any size is unknown.
+    """Bytes (approximate where the registry says so) a download of the model's required files takes;
+    ``None`` if any size is unknown.
 
     For a converted entry these are the downloaded originals (the converted files are about as big)."""
-    known, unknown = _sum_sizes(entry, entry.required_downloads)
-    return None if unknown else known
+    total = _sum_sizes(entry, entry.required_downloads)
+    return None if total.unknown else total.known
 
 
 def file_path(entry: ModelEntry, root: str | os.PathLike[str], filename: str) -> Path:
@@ -205,26 +229,25 @@ def local_size(entry: ModelEntry, root: str | os.PathLike[str]) -> int:
 def manual_instructions(
     entry: ModelEntry, root: str | os.PathLike[str], files: Iterable[str] | None = None
 ) -> str:
-    """How a person installs ``entry`` by hand: where to get the file(s) and the import command."""
+    """How a person installs ``entry`` by hand, as an indented block of short lines to follow a one-line
+    headline: each address once (a file's name ends its address), then the import command."""
     names = list(files) if files is not None else list(entry.required_downloads)
     folder = model_dir(entry, root)
-    direct = [
-        f"{name} from {entry.sources_for(name)[0].download_url}" for name in names if entry.sources_for(name)
-    ]
-    pages = [f"{s.filename or 'the file'} from the page {s.url}" for s in entry.manual_sources]
-    if direct:
-        get = "download " + "; ".join(direct)
-        if pages:
-            get += f" (another copy: {'; '.join(pages)})"
-    elif pages:
-        get = "download " + "; ".join(pages)
-    else:
-        get = "get " + ", ".join(names)
+    direct = [entry.sources_for(name)[0].download_url for name in names if entry.sources_for(name)]
+    pages = [(s.url, s.filename) for s in entry.manual_sources]
+    get = "download" if direct or pages else f"get {', '.join(names)}"
+    lines = [f"  install by hand: {get}"]
+    lines += [f"    {url}" for url in direct]
+    for url, name in pages:
+        offers = f"a web page offering {name}" if name else "a web page"
+        lines.append(f"    {url}  ({offers}{'; another copy' if direct else ''})")
     command = IMPORT_COMMAND.format(id=entry.id)
     if len(entry.required_downloads) > 1:  # import takes the folder holding them all
         command = command.replace(" FILE ", " FOLDER ")
-    copy = ", ".join(names) if names else "the files"
-    return f"To install it by hand, {get}, then run: {command} (or copy {copy} into {folder})."
+    lines.append(f"  then run: {command}")
+    what = names[0] if len(names) == 1 else "the files"
+    lines.append(f"  (or copy {what} into {folder})")
+    return "\n".join(lines)
 
 
 def _label(entry: ModelEntry, capital: bool = False) -> str:
@@ -498,15 +521,15 @@ def _fetch_file(entry: ModelEntry, root: Path, folder: Path, name: str, progress
                 return _fetch_hf(source, folder)
             return _fetch_url(source, folder, progress)
         except DownloadError as err:
-            failures.append(f"{source.download_url} ({err})")
+            failures.append(str(err))  # the addresses follow in the install block
             logger.debug("download of %s from %s failed: %s", name, source.download_url, err)
     if entry.is_optional(name):
         logger.info("Optional file %s of %s is not available; continuing without it", name, entry.id)
         return None
-    tried = "; ".join(failures) if failures else "it has no automatic source"
+    reasons = "; ".join(dict.fromkeys(failures)) if failures else "it has no automatic source"
     missing = [f for f in entry.required_downloads if f == name or not file_path(entry, root, f).is_file()]
     raise DownloadError(
-        f"Could not download {name} for {_label(entry)}: tried {tried}. "
+        f"Could not download {name} for {_label(entry)}: {reasons}.\n"
         + manual_instructions(entry, root, missing)
     )
 
@@ -562,7 +585,7 @@ def _download(
     missing = missing_downloads(entry, root)
     if entry.manual_only:
         raise DownloadError(
-            f"{_label(entry, capital=True)} can't be downloaded automatically. "
+            f"{_label(entry, capital=True)} can't be downloaded automatically.\n"
             + manual_instructions(entry, root)
         )
     pending = _pending_downloads(entry, root)
@@ -576,16 +599,15 @@ def _download(
         missing = missing_downloads(entry, root)
         if missing:
             raise DownloadError(
-                f"Can't download {_label(entry)}: {reason}. " + manual_instructions(entry, root, missing)
+                f"Can't download {_label(entry)}: {reason}.\n" + manual_instructions(entry, root, missing)
             )
     else:
         if announce:
-            known, unknown = _sum_sizes(entry, pending, probe=True)
             logger.info(
                 "Downloading %s: %d file(s), %s, into %s",
                 entry.id,
                 len(pending),
-                _describe_total(known, unknown),
+                _sum_sizes(entry, pending, probe=True),
                 folder,
             )
         created = not folder.exists()
@@ -600,7 +622,7 @@ def _download(
     still_missing = missing_downloads(entry, root)
     if still_missing:
         raise DownloadError(
-            f"{_label(entry, capital=True)} is still missing {', '.join(still_missing)} after the download. "
+            f"{_label(entry, capital=True)} is still missing {', '.join(still_missing)} after the download.\n"
             + manual_instructions(entry, root, still_missing)
         )
     if entry.converted:
@@ -633,13 +655,12 @@ class DownloadPlan:
     """What a download of some models will fetch: the models not installed yet and the total size."""
 
     todo: tuple[ModelEntry, ...]
-    known_bytes: int
-    unknown_files: int
+    size: SizeTotal
 
     @property
     def total(self) -> str:
-        """``'1.2 GB'``, ``'1.2 GB + 2 file(s) of unknown size'`` or ``'unknown size'``."""
-        return _describe_total(self.known_bytes, self.unknown_files)
+        """The total size in words (see ``SizeTotal``)."""
+        return str(self.size)
 
 
 def plan_download(
@@ -655,14 +676,12 @@ def plan_download(
     offline or when the host does not answer); originals already in a folder count for nothing."""
     root_path = Path(root)
     todo = tuple(e for e in resolve_entries(models, registry) if not present(e, root_path))
-    known, unknown = 0, 0
+    size = SizeTotal()
     probe = not is_offline(offline)
     for entry in todo:
-        if entry.manual_only:
-            continue
-        k, u = _sum_sizes(entry, _pending_downloads(entry, root_path), probe)
-        known, unknown = known + k, unknown + u
-    return DownloadPlan(todo, known, unknown)
+        if not entry.manual_only:
+            size += _sum_sizes(entry, _pending_downloads(entry, root_path), probe)
+    return DownloadPlan(todo, size)
 
 
 def download_models(

@@ -114,14 +114,13 @@ def _install(entry: ModelEntry, manager: ModelManager) -> Path:
         return folder
     except DownloadError:
         pass
+    missing = f"model {entry.id!r} ({entry.display_name}) is not installed in {root}"
     if entry.manual_only:
-        how = manual_instructions(entry, root)
-    else:
-        how = (
-            f"fetch it with `python -m icg download {entry.id}` "
-            f"(or import a copy you have with `python -m icg import FILE --as {entry.id}`)"
-        )
-    raise ModelNotFound(f"model {entry.id!r} ({entry.display_name}) is not installed in {root}; {how}")
+        raise ModelNotFound(f"{missing}\n{manual_instructions(entry, root)}")
+    raise ModelNotFound(
+        f"{missing}; fetch it with `python -m icg download {entry.id}` "
+        f"(or import a copy you have with `python -m icg import FILE --as {entry.id}`)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ names

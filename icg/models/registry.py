@@ -75,6 +75,7 @@ class ModelSource:
     revision: str | None = None
     url: str | None = None
     size: int | None = None
+    approx_size: int | None = None  # bytes, roughly, where the exact ``size`` is not known
     sha256: str | None = None
     note: str = ""
     optional: bool = False
@@ -94,8 +95,10 @@ class ModelSource:
             raise ValueError(f"a 'manual' source needs the page 'url', got {self.url!r}")
         if self.is_auto:
             _check_relative_path(self.filename, "filename")
-        if self.size is not None and self.size < 0:
-            raise ValueError(f"'size' must be a non-negative integer or null, got {self.size!r}")
+        for name in ("size", "approx_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name!r} must be a non-negative integer or null, got {value!r}")
         if self.sha256 is not None and not _SHA256_RE.match(self.sha256):
             raise ValueError(f"'sha256' must be 64 lowercase hex digits or null, got {self.sha256!r}")
 
@@ -115,7 +118,7 @@ class ModelSource:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the registry's own layout)."""
         data: dict[str, Any] = {"kind": self.kind}
-        for name in ("repo", "filename", "revision", "url", "size", "sha256"):
+        for name in ("repo", "filename", "revision", "url", "size", "approx_size", "sha256"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value

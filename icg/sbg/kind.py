@@ -26,6 +26,7 @@ from icg.captioners.kinds import (
     read_state,
     tensor_shapes,
 )
+from icg.captioners.limits import check_gpt2_config
 from icg.errors import CheckpointError, ConfigError
 from icg.sinks import atomic_write_json
 
@@ -116,6 +117,9 @@ def _describe(folder: Path) -> str:
 def _load(name: str, resolved, manager):
     from icg.sbg.captioner import load_sbg_captioner
 
+    folder = Path(resolved.path)
+    if folder.is_dir() and (folder / "config.json").is_file():  # the loader reports what is missing
+        check_gpt2_config(read_json(folder / "config.json"), str(folder / "config.json"))
     return load_sbg_captioner(name, resolved, manager)
 
 
@@ -240,6 +244,7 @@ def _import(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
         model_type = config.get("model_type") if isinstance(config, dict) else None
         if model_type != "gpt2":
             raise CheckpointError(f"{src / 'config.json'}: not a GPT-2 config (model_type {model_type!r})")
+        check_gpt2_config(config, str(src / "config.json"))
         if (src / "model.safetensors.index.json").is_file():
             raise CheckpointError(f"{src}: sharded checkpoints are not supported; save it as one file")
         weights = next((src / n for n in WEIGHTS if (src / n).is_file()), None)
