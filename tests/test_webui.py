@@ -272,6 +272,32 @@ def test_tab_defaults_follow_the_webui(webui_env, manager):
     assert env.adapter.tab.default_output_folder() == str(webui_root)
 
 
+def test_settings_reach_the_tab_after_the_first_start(webui_env, manager):
+    """ui-config.json (the WebUI's ui_loadsave) must not pin the fields that follow the Settings."""
+    from modules.ui_loadsave import UiLoadsave
+
+    env = webui_env.start(manager)
+    first = UiLoadsave()  # the first start: no ui-config.json yet, every other field is stored
+    first.add_block(env.adapter.tab.build_tab().blocks, "icg")
+    assert "icg/Dry run (write nothing)/value" in first.ui_settings
+
+    env.shared.opts.icg_default_model = "sbg-tiny"
+    env.shared.opts.icg_prefix = "masterpiece"
+    env.shared.opts.icg_suffix = "lora:me"
+    env.shared.opts.icg_strategy = "beam"
+    env.shared.opts.icg_seed = 7
+    env.shared.opts.outdir_samples = str(env.tmp / "new-outputs")
+    parts = env.adapter.tab.build_tab()
+    UiLoadsave(first.ui_settings).add_block(parts.blocks, "icg")  # a later start restores ui-config.json
+    caption, batch = parts.panels.caption, parts.panels.batch
+    assert caption.model.value == batch.model.value == "sbg-tiny"
+    assert caption.prompt_options.prefix.value == batch.prefix.value == "masterpiece"
+    assert caption.prompt_options.suffix.value == batch.suffix.value == "lora:me"
+    assert caption.decoding.strategy.value == batch.decoding.strategy.value == "beam"
+    assert str(caption.decoding.seed.value) == "7"
+    assert batch.folder.value == str(env.tmp / "new-outputs")
+
+
 @pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
 def test_tab_under_hide_ui_dir_config_fixes_the_folders(webui_env, manager):
     env = webui_env.start(manager)
