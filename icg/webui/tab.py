@@ -114,20 +114,24 @@ def build_tab(service: WebUIService | None = None) -> TabParts:
     """The tab's ``gr.Blocks``: Caption (with Send-to and Append buttons), Batch and Models."""
     import gradio as gr
 
-    from icg.ui.panels import IcgPanels, build_batch_panel, build_caption_panel
+    from icg.ui.panels import IcgPanels, build_batch_panel, build_caption_panel, wire_model_refresh
 
     service = service or get_service()
     defaults = ui_defaults()
-    with gr.Blocks(analytics_enabled=False) as blocks, gr.Tabs(elem_id="icg_tabs"):
-        with gr.Tab("Caption", elem_id="icg_tab_caption"):
-            caption = build_caption_panel(service, defaults)
-            with gr.Row(elem_id="icg_send_row"):
-                send = add_send_buttons(caption)
-                append = add_append_buttons(caption)
-        with gr.Tab("Batch", elem_id="icg_tab_batch"):
-            batch = build_batch_panel(service, defaults)
-        with gr.Tab("Models", elem_id="icg_tab_models"):
-            models = build_models_panel(service)
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        with gr.Tabs(elem_id="icg_tabs"):
+            with gr.Tab("Caption", elem_id="icg_tab_caption") as caption_tab:
+                caption = build_caption_panel(service, defaults)
+                with gr.Row(elem_id="icg_send_row"):
+                    send = add_send_buttons(caption)
+                    append = add_append_buttons(caption)
+            with gr.Tab("Batch", elem_id="icg_tab_batch") as batch_tab:
+                batch = build_batch_panel(service, defaults)
+            with gr.Tab("Models", elem_id="icg_tab_models") as models_tab:
+                models = build_models_panel(service, models_tab)
+        # A model imported or copied while the WebUI runs shows up when its tab is opened again.
+        wire_model_refresh(caption_tab.select, caption.model, service)
+        wire_model_refresh(batch_tab.select, batch.model, service)
     panels = IcgPanels(caption=caption, batch=batch, service=service)
     for component in settings_fields(panels, models):
         component.do_not_save_to_config = True
