@@ -304,6 +304,11 @@ def test_tab_under_hide_ui_dir_config_fixes_the_folders(webui_env, manager):
     parts = env.adapter.tab.build_tab()
     assert parts.panels.batch.folder.interactive is False
     assert parts.panels.batch.controller.defaults.allow_folders is False
+    assert parts.models.import_path.interactive is False
+    from icg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hide-ui-dir-config"):
+        env.adapter.models_panel.import_files(env.service, env.files["sbg_generator_dir"], "x")
 
 
 def test_append_prompt_keeps_what_is_there():

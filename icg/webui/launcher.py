@@ -64,8 +64,8 @@ def import_command(model_id: str, models_dir: str | os.PathLike[str], source: st
 
 def webui_message(message: str, models_dir: str | os.PathLike[str]) -> str:
     """A library message as the WebUI shows it: ``python -m icg import`` becomes the command that works
-    from the WebUI's folder, ``python -m icg download`` the Models panel's button, and every URL stands on a line of its own (a long unbroken address must not
-    run off the screen)."""
+    from the WebUI's folder, ``python -m icg download`` the Models panel's button, and every URL stands
+    on a line of its own (a long unbroken address must not run off the screen)."""
     from icg.models.download import IMPORT_COMMAND
 
     library_prefix = IMPORT_COMMAND.split(" FILE", 1)[0]

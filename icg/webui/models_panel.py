@@ -85,6 +85,11 @@ def import_files(service: WebUIService, path: str, model_id: str) -> str:
     ``icg_import.py`` does from the command line); the status line."""
     from icg.models.importer import import_model
 
+    if host.hide_dirs():
+        raise ConfigError(
+            "Import: paths on the server cannot be typed under --hide-ui-dir-config; "
+            "run icg_import.py on the server instead"
+        )
     path, model_id = (path or "").strip().strip('"'), (model_id or "").strip()
     if not path:
         raise ConfigError("Import: give the path of the file or folder to import")
@@ -144,6 +149,7 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
         with gr.Row():
             import_path = gr.Textbox(
                 label="Import: the file or folder you downloaded (a path on this machine)",
+                interactive=not host.hide_dirs(),
                 scale=3,
                 elem_id="icg_models_import_path",
             )
