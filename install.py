@@ -5,7 +5,8 @@ standalone (``python install.py``). It does nothing under ``--skip-install``; se
 to skip the weights. The weights are fetched and converted exactly as ``python -m icg download`` does
 (``.pt`` checkpoints and the vocabulary pickles become safetensors + JSON; ``--icg-keep-original`` keeps
 the originals; ``--icg-offline`` uses only files already on the machine). It never fails the WebUI's
-startup: every error is printed with the manual steps, and the exit status is 0.
+startup: the exit status is 0, and default models that cannot be fetched (an offline machine, at every
+start) get one short line naming them, with the hint to set ``ICG_SKIP_WEIGHTS=1`` or ``--icg-offline``.
 The decisions live in ``icg.deps`` and ``icg.models.download``; this file only glues them together.
 """
 
@@ -116,11 +117,25 @@ def fetch_weights(launch) -> None:
             DEFAULT_MODELS, root, offline=offline, progress=sys.stderr.isatty(), keep_original=keep
         )
     except IcgError as err:
-        say(f"could not fetch every default model into {root}; captioning needs them:")
-        for line in str(err).splitlines():
-            say(f"  {line}")
+        logging.getLogger("icg.install").debug("%s", err)  # the per-file details: on use, or --debug
+        say(not_fetched_message(root, offline is True))
         return
     say(f"default models are in {root}")
+
+
+def not_fetched_message(root, offline_flag: bool) -> str:
+    """One short line for a start without the default models (an offline machine sees it every start):
+    which models are missing, what happens now, and how to stop the attempt."""
+    from icg.models import download, registry
+
+    entries = registry.resolve_entries(DEFAULT_MODELS)
+    missing = [e.id for e in entries if not download.present(e, root)] or list(DEFAULT_MODELS)
+    skip = "set ICG_SKIP_WEIGHTS=1" if offline_flag else "set ICG_SKIP_WEIGHTS=1 or add --icg-offline"
+    return (
+        f"could not fetch {len(missing)} default model(s) into {root} (offline?): {', '.join(missing)}. "
+        "They are fetched on first use, or import them by hand (Image Caption > Models > Import, or "
+        f"{os.path.basename(ROOT)}/icg_import.py; see the README). To skip this at start: {skip}."
+    )
 
 
 def main() -> int:

@@ -272,12 +272,43 @@ def test_tab_defaults_follow_the_webui(webui_env, manager):
     assert env.adapter.tab.default_output_folder() == str(webui_root)
 
 
+def test_settings_reach_the_tab_after_the_first_start(webui_env, manager):
+    """ui-config.json (the WebUI's ui_loadsave) must not pin the fields that follow the Settings."""
+    from modules.ui_loadsave import UiLoadsave
+
+    env = webui_env.start(manager)
+    first = UiLoadsave()  # the first start: no ui-config.json yet, every other field is stored
+    first.add_block(env.adapter.tab.build_tab().blocks, "icg")
+    assert "icg/Dry run (write nothing)/value" in first.ui_settings
+
+    env.shared.opts.icg_default_model = "sbg-tiny"
+    env.shared.opts.icg_prefix = "masterpiece"
+    env.shared.opts.icg_suffix = "lora:me"
+    env.shared.opts.icg_strategy = "beam"
+    env.shared.opts.icg_seed = 7
+    env.shared.opts.outdir_samples = str(env.tmp / "new-outputs")
+    parts = env.adapter.tab.build_tab()
+    UiLoadsave(first.ui_settings).add_block(parts.blocks, "icg")  # a later start restores ui-config.json
+    caption, batch = parts.panels.caption, parts.panels.batch
+    assert caption.model.value == batch.model.value == "sbg-tiny"
+    assert caption.prompt_options.prefix.value == batch.prefix.value == "masterpiece"
+    assert caption.prompt_options.suffix.value == batch.suffix.value == "lora:me"
+    assert caption.decoding.strategy.value == batch.decoding.strategy.value == "beam"
+    assert str(caption.decoding.seed.value) == "7"
+    assert batch.folder.value == str(env.tmp / "new-outputs")
+
+
 @pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
 def test_tab_under_hide_ui_dir_config_fixes_the_folders(webui_env, manager):
     env = webui_env.start(manager)
     parts = env.adapter.tab.build_tab()
     assert parts.panels.batch.folder.interactive is False
     assert parts.panels.batch.controller.defaults.allow_folders is False
+    assert parts.models.import_path.interactive is False
+    from icg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hide-ui-dir-config"):
+        env.adapter.models_panel.import_files(env.service, env.files["sbg_generator_dir"], "x")
 
 
 def test_append_prompt_keeps_what_is_there():
@@ -675,3 +706,145 @@ def test_autocaption_never_touches_the_webui_parameter_files(webui_env, manager,
     _save(env, folder, "00002-5.png")
     assert env.adapter.autocaption.autocaptioner().join(60)
     assert (folder / "00002-5.txt").read_text(encoding="utf-8") == "Steps: 20\n"
+
+
+# ------------------------------------------------------------------------------------------ issue 11
+def handler(blocks, trigger, output=None):
+    """The function ``blocks`` runs when ``trigger`` fires (and updates ``output``)."""
+    fns = list(blocks.fns.values()) if isinstance(blocks.fns, dict) else list(blocks.fns)
+    for (targets, _, outputs, _), fn in zip(events(blocks), fns):
+        if trigger._id in targets and (output is None or output._id in outputs):
+            return fn.fn
+    raise AssertionError(f"no event of {trigger} updates {output}")
+
+
+def by_id(blocks, elem_id):
+    return next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+@pytest.fixture
+def own_models(files, tmp_path):
+    """A service over a models folder of this test's own (the test adds models to it)."""
+    manager = make_manager(files, models_folder(tmp_path / "models", files))
+    yield manager
+    manager.unload()
+
+
+def test_models_panel_opens_filled_and_imports_a_file(webui_env, own_models):
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    models = parts.models
+    assert "sbg-tiny" in str(models.table.value)  # filled on load, no Refresh needed
+    assert "icg_import.py" in str(by_id(parts.blocks, "icg_models_help").value)
+
+    on_import = handler(parts.blocks, models.import_button, models.status)
+    with pytest.raises(gr.Error, match="Import: give the path"):
+        on_import("", "my-prefix")
+    with pytest.raises(gr.Error, match="no such file or folder"):
+        on_import(str(env.tmp / "nothing.pt"), "my-prefix")
+    status, table_value, choices = on_import(env.files["sbg_generator_dir"], "my-prefix")
+    assert status.startswith("imported my-prefix (sbg)")
+    assert (own_models.models_dir / "my-prefix").is_dir()
+    assert "my-prefix" in str(table_value) and "my-prefix" in choices["choices"]
+
+    # the Caption and Batch dropdowns list it when their tab is opened again
+    caption_tab, batch_tab, models_tab = (
+        by_id(parts.blocks, f"icg_tab_{t}") for t in ("caption", "batch", "models")
+    )
+    for tab, dropdown in ((caption_tab, parts.panels.caption.model), (batch_tab, parts.panels.batch.model)):
+        update = handler(parts.blocks, tab, dropdown)(dropdown.value)
+        assert "my-prefix" in update["choices"] and dropdown.value in update["choices"]
+    table_value, update = handler(parts.blocks, models_tab, models.table)()
+    assert "my-prefix" in str(table_value) and "my-prefix" in update["choices"]
+
+
+def test_the_printed_import_command_works_from_another_folder(files, tmp_path, monkeypatch):
+    """The command the WebUI prints runs as printed: no ``icg`` on the path, the models folder given."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from icg.webui import launcher
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "webui" / "models" / "icg"
+    source = f"{files['clip_prefix_pt']} --clip {files['clip_dir']}"
+    command = launcher.import_command("printed", target, source=source)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (target / "printed").is_dir() and "imported printed" in done.stdout
+    assert sys.executable in command or os.path.relpath(sys.executable) in command
+
+
+def test_the_launcher_defaults_to_the_webui_models_folder(files, tmp_path, capsys):
+    from icg.webui import launcher
+
+    extension = tmp_path / "webui" / "extensions" / "ICG_sd_extension"
+    extension.mkdir(parents=True)
+    assert launcher.default_models_dir(extension) == (tmp_path / "webui" / "models" / "icg").resolve()
+    assert launcher.default_models_dir(tmp_path) is None
+    assert launcher.import_main([files["sbg_generator_dir"], "--as", "from-launcher"], extension) == 0
+    assert (tmp_path / "webui" / "models" / "icg" / "from-launcher").is_dir()
+
+
+def test_webui_messages_name_the_webui_command_and_wrap_urls(webui_env, manager):
+    """A missing model's instructions: the command that works from the WebUI, each URL on its own line."""
+    from icg.models.download import manual_instructions
+    from icg.models.registry import load_registry
+    from icg.webui.launcher import URL, webui_message
+
+    env = webui_env.start(manager)
+    entry = load_registry()["clip-prefix-flickr8k"]
+    raw = manual_instructions(entry, manager.models_dir)
+    text = webui_message(raw, manager.models_dir)
+    assert "python -m icg import" not in text
+    assert f"icg_import.py --models-dir {manager.models_dir} FILE --as clip-prefix-flickr8k" in text
+    url_lines = [line for line in text.splitlines() if URL.search(line)]
+    assert url_lines and all(line.strip() == URL.search(line).group(0) for line in url_lines)
+    assert {line.strip() for line in url_lines} == set(URL.findall(raw))
+    assert text.split() == " ".join(text.split()).split()  # same words, only the line breaks moved
+    with pytest.raises(Exception) as caught:
+        env.service.caption(Image.new("RGB", (32, 32)), "clip-prefix-flickr8k")
+    assert "icg_import.py --models-dir" in str(caught.value) and "python -m icg" not in str(caught.value)
+    assert "Download button of Image Caption > Models (model clip-prefix-flickr8k)" in str(caught.value)
+
+
+def test_expected_errors_log_one_line_without_a_traceback(webui_env, manager, caplog):
+    import logging
+
+    env = webui_env.start(manager)
+    caption = env.adapter.tab.build_tab().panels.caption
+    values = [c.value for c in caption.decoding.inputs()] + [c.value for c in caption.prompt_inputs]
+    with caplog.at_level(logging.WARNING, logger="icg"), pytest.raises(gr.Error) as caught:
+        caption.controller.caption_event(None, caption.model.value, *values)
+    assert "no image" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    records = [r for r in caplog.records if "no image" in r.getMessage()]
+    assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
+
+
+@pytest.mark.parametrize("button", ["interrupt", "skip"])
+def test_interrupt_and_skip_stop_a_tab_batch(webui_env, manager, tmp_path, monkeypatch, button):
+    """The WebUI's Interrupt and Skip buttons (shared.state) stop a batch started in the tab."""
+    env = webui_env.start(manager)
+    from icg.batch.engine import BatchOptions
+
+    folder = tmp_path / "photos"
+    write_images(folder, 4)
+    press = getattr(env.shared.state, button)
+    counted = env.shared.total_tqdm.update
+
+    def first_image_then_press():  # the user presses the button once the first image is done
+        counted()
+        press()
+
+    monkeypatch.setattr(env.shared.total_tqdm, "update", first_image_then_press)
+    controller = env.adapter.tab.build_tab().panels.batch.controller
+    job = controller.start(BatchOptions(root=folder, model=env.files["clip_prefix_pt"], batch_size=1))
+    assert job.wait(120)
+    summary = job.snapshot()["summary"]
+    assert summary["stopped"] and summary["captioned"] == 1
+    assert sorted(p.name for p in folder.glob("*.txt")) == ["img0.txt"]
+    assert env.shared.state.history[-1] == ("end", "icg-batch")

@@ -42,23 +42,30 @@ MAX_SEED = MAX_DRAWN_SEED
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Show an ``IcgError`` as a message in the page (``gr.Error``) instead of a generic "Error"."""
+    """Show an ``IcgError`` (an expected user error: no image, a missing model) as a message in the page
+    (``gr.Error``) instead of a generic "Error", and log it as one line, not a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except IcgError as err:
-            raise _gradio_error(err) from err
+            logger.warning("Image Caption: %s", " ".join(str(err).split()))
+            raise _gradio_error(err) from None
 
     return wrapper
 
 
 def _gradio_error(err: BaseException) -> Exception:
+    """A ``gr.Error`` with ``err``'s text; where this gradio can (5+), it prints no traceback of its own."""
     try:
         import gradio as gr
     except ImportError:  # pragma: no cover - handlers called without gradio installed
         return err if isinstance(err, Exception) else RuntimeError(str(err))
+    import inspect
+
+    if "print_exception" in inspect.signature(gr.Error.__init__).parameters:
+        return gr.Error(str(err), print_exception=False)
     return gr.Error(str(err))
 
 

@@ -8,6 +8,7 @@ The work behind the buttons is in ``icg.ui.handlers`` and calls only the service
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,13 +344,21 @@ def _model_dropdown(service: Any, defaults: UiDefaults, elem_id: str) -> tuple[A
     return dropdown, refresh
 
 
-def _wire_refresh(button: Any, dropdown: Any, service: Any) -> None:
+def model_choices_update(service: Any, current: str) -> Any:
+    """The model dropdown's choices listed afresh (a model imported or copied since), keeping ``current``."""
     import gradio as gr
 
-    def refresh(current: str) -> Any:
-        return gr.update(choices=list(dict.fromkeys(c for c in (current, *service.model_choices()) if c)))
+    return gr.update(choices=list(dict.fromkeys(c for c in (current, *service.model_choices()) if c)))
 
-    button.click(refresh, inputs=[dropdown], outputs=[dropdown], queue=False)
+
+def wire_model_refresh(event: Any, dropdown: Any, service: Any) -> None:
+    """Refresh ``dropdown``'s choices on ``event`` (a button's ``click``, a tab's ``select``)."""
+    update = functools.partial(model_choices_update, service)
+    event(update, inputs=[dropdown], outputs=[dropdown], queue=False)
+
+
+def _wire_refresh(button: Any, dropdown: Any, service: Any) -> None:
+    wire_model_refresh(button.click, dropdown, service)
 
 
 def option_control(option: Option, value: Any, elem_id: str, empty: str | None = None) -> Any:

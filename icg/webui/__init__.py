@@ -11,7 +11,9 @@ the modules of this package, and only ``icg.webui.host`` imports the WebUI's ``m
 * ``models_panel``: installed or missing models, Download, Unload;
 * ``img2img``: a caption button beside img2img's interrogate buttons;
 * ``api_mount``: the HTTP API ``/icg/v1`` (``on_app_started``; needs ``--api``);
-* ``autocaption``: a caption file beside every generated image when the setting is on.
+* ``autocaption``: a caption file beside every generated image when the setting is on;
+* ``launcher``: ``icg_import.py`` (``icg import`` from the WebUI's folder) and the WebUI's wording of
+  library messages (that command, URLs on lines of their own).
 
 Importing this package imports neither the WebUI nor gradio: everything host-specific happens when a
 callback runs, so the library and its tests run without a WebUI.

@@ -80,7 +80,7 @@ class WebUIService(CaptionService):
     def job(self, name: str, *, track_state: bool = True) -> Iterator[Any]:
         """One piece of model work: the queue lock, lowvram etiquette, a ``shared.state`` job, and the
         models offloaded afterwards (unless kept in memory). Everything is undone in ``finally``."""
-        with self.lock, self.snapshot():
+        with self.lock, self.snapshot(), self.webui_messages():
             state = getattr(host.shared(), "state", None) if track_state else None
             if state is not None:
                 state.begin(job=f"icg-{name}")
@@ -108,9 +108,23 @@ class WebUIService(CaptionService):
     def install(self, model: str) -> None:
         """Fetch and convert what ``model`` needs before a job, with no WebUI lock held: a first caption
         that downloads gigabytes never blocks image generation (only loading runs in the job)."""
-        with self.snapshot():
+        with self.snapshot(), self.webui_messages():
             refresh_manager(self)
             self.manager.install_for_use(model)
+
+    @contextlib.contextmanager
+    def webui_messages(self) -> Iterator[None]:
+        """An ``IcgError`` leaves with the text the WebUI shows (``launcher.webui_message``: the import
+        command that works from the WebUI's folder, URLs on lines of their own)."""
+        from icg.errors import IcgError
+        from icg.webui.launcher import webui_message
+
+        try:
+            yield
+        except IcgError as err:
+            if len(err.args) == 1 and isinstance(err.args[0], str):
+                err.args = (webui_message(err.args[0], self.manager.models_dir),)
+            raise
 
     def caption(self, image: Any, model: str, overrides: dict[str, Any] | None = None, options=None):
         self.install(model)
@@ -188,7 +202,6 @@ class _StateProgress:
                 self.tqdm.clear()
 
 
-_SERVICE: WebUIService | None = None
 _SERVICE: WebUIService | None = None
 _SERVICE_LOCK = threading.Lock()
 

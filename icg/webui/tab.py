@@ -27,6 +27,23 @@ SEND_LABELS = {
     "img2img": "Send image and prompt to img2img",
     "inpaint": "Send image and prompt to inpaint",
 }
+#: The tab's fields whose first value comes from the Settings (or the WebUI's output folder). The WebUI
+#: stores every other field in ui-config.json on the first start and restores it on each later one, which
+#: would hide every later change of the setting: these carry ``do_not_save_to_config`` (ui_loadsave.py).
+FOLLOW_SETTINGS = (
+    "model",
+    "strategy",
+    "num_beams",
+    "max_new_tokens",
+    "seed",
+    "num_samples",
+    "template",
+    "prefix",
+    "suffix",
+    "folder",
+    "sidecar_extension",
+    "policy",
+)
 # ------------------------------------------------------------------------------------------ components
 _COMPONENTS: dict[str, Any] = {}
 
@@ -97,22 +114,42 @@ def build_tab(service: WebUIService | None = None) -> TabParts:
     """The tab's ``gr.Blocks``: Caption (with Send-to and Append buttons), Batch and Models."""
     import gradio as gr
 
-    from icg.ui.panels import IcgPanels, build_batch_panel, build_caption_panel
+    from icg.ui.panels import IcgPanels, build_batch_panel, build_caption_panel, wire_model_refresh
 
     service = service or get_service()
     defaults = ui_defaults()
-    with gr.Blocks(analytics_enabled=False) as blocks, gr.Tabs(elem_id="icg_tabs"):
-        with gr.Tab("Caption", elem_id="icg_tab_caption"):
-            caption = build_caption_panel(service, defaults)
-            with gr.Row(elem_id="icg_send_row"):
-                send = add_send_buttons(caption)
-                append = add_append_buttons(caption)
-        with gr.Tab("Batch", elem_id="icg_tab_batch"):
-            batch = build_batch_panel(service, defaults)
-        with gr.Tab("Models", elem_id="icg_tab_models"):
-            models = build_models_panel(service)
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        with gr.Tabs(elem_id="icg_tabs"):
+            with gr.Tab("Caption", elem_id="icg_tab_caption") as caption_tab:
+                caption = build_caption_panel(service, defaults)
+                with gr.Row(elem_id="icg_send_row"):
+                    send = add_send_buttons(caption)
+                    append = add_append_buttons(caption)
+            with gr.Tab("Batch", elem_id="icg_tab_batch") as batch_tab:
+                batch = build_batch_panel(service, defaults)
+            with gr.Tab("Models", elem_id="icg_tab_models") as models_tab:
+                models = build_models_panel(service, models_tab)
+        # A model imported or copied while the WebUI runs shows up when its tab is opened again.
+        wire_model_refresh(caption_tab.select, caption.model, service)
+        wire_model_refresh(batch_tab.select, batch.model, service)
     panels = IcgPanels(caption=caption, batch=batch, service=service)
+    for component in settings_fields(panels, models):
+        component.do_not_save_to_config = True
     return TabParts(blocks=blocks, panels=panels, models=models, send_buttons=send, append_buttons=append)
+
+
+def settings_fields(panels: Any, models: Any) -> list[Any]:
+    """The components of ``FOLLOW_SETTINGS`` in both panels, and the Models panel's model choice."""
+    caption, batch = panels.caption, panels.batch
+    groups = (
+        {"model": caption.model},
+        caption.decoding.components,
+        caption.prompt_options.components,
+        batch.fields.components,
+        batch.decoding.components,
+    )
+    found = [group[name] for group in groups for name in FOLLOW_SETTINGS if name in group]
+    return [*found, models.model]
 
 
 def _paste_module() -> Any:
