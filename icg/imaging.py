@@ -64,11 +64,12 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             raise ImageError("<bytes>: no image data (0 bytes)")
         return _open_and_normalise(io.BytesIO(bytes(source)), "<bytes>", max_pixels)
     path = Path(source)
-    _check_file(path)
+    check_image_file(path)
     return _open_and_normalise(path, str(path), max_pixels)
 
 
-def _check_file(path: Path) -> None:
+def check_image_file(path: Path) -> None:
+    """``ImageError`` when ``path`` is missing, unreadable, a folder or empty (nothing is decoded)."""
     try:
         stat = path.stat()
     except FileNotFoundError:

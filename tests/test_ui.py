@@ -539,18 +539,24 @@ def test_stop_ends_the_run_and_only_one_runs_at_a_time(manager, models, tmp_path
     assert second.wait(60) and second.snapshot()["summary"]["processed"] == 4
 
 
-def test_a_run_queued_behind_another_job_says_so_and_lists_it(service, models, tmp_path, registry):
-    """An API batch (or auto-captioning) holds the registry: the tab's run waits and names it."""
-    fill_folder(tmp_path / "photos", 1)
+def running_job(registry, **submit):
+    """A job of another front end that holds the registry until the returned event is set."""
     gate, started = threading.Event(), threading.Event()
 
-    def api_batch(job):
+    def work(job):
         started.set()
         assert gate.wait(60)
         return {}
 
-    other = registry.submit(api_batch, kind="batch", label="/srv/api-folder")
+    job = registry.submit(work, **submit)
     assert started.wait(60)
+    return job, gate
+
+
+def test_a_run_queued_behind_another_job_says_so_and_lists_it(service, models, tmp_path, registry):
+    """An API batch (or auto-captioning) holds the registry: the tab's run waits and names it."""
+    fill_folder(tmp_path / "photos", 1)
+    other, gate = running_job(registry, kind="batch", label="/srv/api-folder")
     controller = BatchController(service, registry=registry)
     inputs = BatchInputs(folder=str(tmp_path / "photos"), model=models["prefix"])
     stream = controller.run_event(*inputs.flat(), *strings(DecodingInputs(max_new_tokens="4")))
@@ -569,15 +575,7 @@ def test_a_run_queued_behind_another_job_says_so_and_lists_it(service, models, t
 
 def test_a_run_stopped_while_queued_never_starts(service, models, tmp_path, registry):
     fill_folder(tmp_path / "photos", 1)
-    gate, started = threading.Event(), threading.Event()
-
-    def other(job):
-        started.set()
-        assert gate.wait(60)
-        return {}
-
-    registry.submit(other, kind="autocaption")
-    assert started.wait(60)
+    _, gate = running_job(registry, kind="autocaption")
     controller = BatchController(service, registry=registry)
     inputs = BatchInputs(folder=str(tmp_path / "photos"), model=models["prefix"])
     job = controller.start(controller.options(inputs, DecodingInputs()))

@@ -120,7 +120,7 @@ def _check_files(paths: list[str]) -> None:
     """``ImageError`` naming the first path that is missing, a folder or empty (no image is decoded)."""
     from pathlib import Path
 
-    from icg.imaging import _check_file  # the reasons load_image gives, without decoding
+    from icg.imaging import check_image_file  # the reasons load_image gives, without decoding
 
     for path in paths:
-        _check_file(Path(path))
+        check_image_file(Path(path))
