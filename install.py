@@ -4,7 +4,9 @@ Runs inside the Stable Diffusion WebUI (which executes it with ``import launch``
 standalone (``python install.py``). It does nothing under ``--skip-install``; set ``ICG_SKIP_WEIGHTS=1``
 to skip the weights. The weights are fetched and converted exactly as ``python -m icg download`` does
 (``.pt`` checkpoints and the vocabulary pickles become safetensors + JSON; ``--icg-keep-original`` keeps
-the originals; ``--icg-offline`` uses only files already on the machine). It never fails the WebUI's
+the originals; ``--icg-offline`` uses only files already on the machine). A CLIP another tool already
+keeps (the WebUI's Interrogate CLIP in ``--clip-models-path`` or ``~/.cache/clip``, the Hugging Face
+cache) is used instead of a second download, offline too. It never fails the WebUI's
 startup: the exit status is 0, and default models that cannot be fetched (an offline machine, at every
 start) get one short line naming them, with the hint to set ``ICG_SKIP_WEIGHTS=1`` or ``--icg-offline``.
 The decisions live in ``icg.deps`` and ``icg.models.download``; this file only glues them together.
@@ -101,6 +103,16 @@ def webui_models_root(launch) -> str | None:
     return os.path.join(models_path, "icg")
 
 
+def clip_dirs(launch) -> list[str]:
+    """The WebUI's ``--clip-models-path`` (where its Interrogate CLIP keeps ``ViT-L-14.pt``), searched for
+    a CLIP already on this machine before one is downloaded; [] when not set (``~/.cache/clip`` and the
+    Hugging Face cache are always searched)."""
+    chosen = _flag_value("--clip-models-path")
+    if not chosen and launch is not None:
+        chosen = getattr(getattr(launch, "args", None), "clip_models_path", None)
+    return [chosen] if chosen else []
+
+
 def fetch_weights(launch) -> None:
     """Download the default models unless ``ICG_SKIP_WEIGHTS=1``; print manual steps on failure."""
     if os.environ.get("ICG_SKIP_WEIGHTS", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -114,7 +126,12 @@ def fetch_weights(launch) -> None:
     keep = "--icg-keep-original" in sys.argv
     try:
         download.download_models(
-            DEFAULT_MODELS, root, offline=offline, progress=sys.stderr.isatty(), keep_original=keep
+            DEFAULT_MODELS,
+            root,
+            offline=offline,
+            progress=sys.stderr.isatty(),
+            keep_original=keep,
+            clip_dirs=clip_dirs(launch),
         )
     except IcgError as err:
         logging.getLogger("icg.install").debug("%s", err)  # the per-file details: on use, or --debug

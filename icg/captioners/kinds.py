@@ -76,7 +76,10 @@ class ModelKind:
     facts over the folder's own settings). ``load(name, resolved, manager)``: the captioner.
     ``recognise(paths, probe)``: True when files a person brings are of this kind (default: one path that
     ``detect`` accepts). ``import_files(paths, out, job)`` checks and converts them into the empty folder
-    ``out`` and returns one line on what it found. ``registry_needs``: the registry fields an entry of
+    ``out`` and returns one line on what it found. ``local_copy(entry, folder, dirs)`` installs a
+    registry model from a copy another tool already keeps on this machine (read-only; ``dirs``: extra
+    folders to look in) and says where it came from, or None; downloads try it first.
+    ``registry_needs``: the registry fields an entry of
     this kind must set. ``decoding``: the registry's decoding defaults of the kind.
     """
 
@@ -90,6 +93,7 @@ class ModelKind:
     recognise: Callable[[Sequence[Path], Probe], bool] | None = None
     import_files: Callable[[Sequence[Path], Path, ImportJob], str] | None = None
     convert: Conversion | None = None
+    local_copy: Callable[[ModelEntry, Path, Sequence[str]], str | None] | None = None
     registry_needs: tuple[str, ...] = ()
     decoding: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 

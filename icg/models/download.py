@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from typing import Any
 from icg.__version__ import __version__
 from icg.errors import DownloadError, IcgError
 from icg.models.paths import ensure_dir, model_dir
+from icg.models.pointers import installed_file
+from icg.models.pointers import resolve as resolve_pointer
 from icg.models.registry import (
     HF_ENDPOINT,
     ModelEntry,
@@ -192,8 +194,16 @@ def file_path(entry: ModelEntry, root: str | os.PathLike[str], filename: str) ->
 
 
 def missing_files(entry: ModelEntry, root: str | os.PathLike[str]) -> list[str]:
-    """The required files of ``entry`` that are not in its folder yet."""
-    return [f for f in entry.required_files if not file_path(entry, root, f).is_file()]
+    """The required files of ``entry`` that are not in its folder yet (a file referenced by a pointer
+    file that still checks out counts as there: ``icg.models.pointers``)."""
+    folder = model_dir(entry, root)
+    return [f for f in entry.required_files if installed_file(folder, f) is None]
+
+
+def pointer_problems(entry: ModelEntry, root: str | os.PathLike[str]) -> list[str]:
+    """Why pointer files of ``entry`` no longer count (their target gone or changed), one line each."""
+    folder = model_dir(entry, root)
+    return [p for p in (resolve_pointer(folder, f)[1] for f in entry.required_files) if p]
 
 
 def missing_downloads(entry: ModelEntry, root: str | os.PathLike[str]) -> list[str]:
@@ -212,10 +222,15 @@ def ready_to_convert(entry: ModelEntry, root: str | os.PathLike[str]) -> bool:
 
 
 def local_size(entry: ModelEntry, root: str | os.PathLike[str]) -> int:
-    """Bytes the model's files take on disk now (files that exist, kept originals included; 0 if none)."""
+    """Bytes the model's files take on disk now (files that exist, kept originals included; 0 if none).
+    A file a pointer refers to counts when it is in the model's folder (a converted copy), not when it
+    is another tool's."""
     total = 0
+    folder = model_dir(entry, root)
     for name in dict.fromkeys(entry.files + entry.convert_from):
-        path = file_path(entry, root, name)
+        path = installed_file(folder, name) or file_path(entry, root, name)
+        if path.parent != folder:
+            continue
         with contextlib.suppress(OSError):
             if path.is_file():
                 total += path.stat().st_size
@@ -568,6 +583,25 @@ def _pending_downloads(entry: ModelEntry, root: Path) -> list[str]:
     return [f for f in entry.download_files if not file_path(entry, root, f).is_file()]
 
 
+def _use_local_copy(entry: ModelEntry, folder: Path, clip_dirs: Sequence[str | os.PathLike[str]]) -> bool:
+    """Install ``entry`` from a copy another tool keeps on this machine (its kind's ``local_copy``)."""
+    from icg.captioners import kinds
+
+    local_copy = kinds.get(entry.kind).local_copy
+    if local_copy is None:
+        return False
+    created = not folder.exists()
+    try:
+        found = local_copy(entry, folder, tuple(str(d) for d in clip_dirs)) is not None
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
+    if not found and created:
+        _remove_if_empty(folder)
+    return found and present(entry, folder.parent)
+
+
 def _download(
     entry: ModelEntry,
     root: Path,
@@ -575,12 +609,17 @@ def _download(
     progress: bool,
     announce: bool,
     keep_original: bool = False,
+    clip_dirs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     folder = model_dir(entry, root)
     if present(entry, root):
         return folder
     if ready_to_convert(entry, root):  # originals copied in by hand, or kept: no network needed
         _convert(entry, folder, keep_original)
+        return folder
+    for problem in pointer_problems(entry, root):
+        logger.warning("%s; looking for %s again", problem, entry.id)
+    if _use_local_copy(entry, folder, clip_dirs):
         return folder
     missing = missing_downloads(entry, root)
     if entry.manual_only:
@@ -637,6 +676,7 @@ def download_model(
     offline: bool | None = None,
     progress: bool = True,
     keep_original: bool = False,
+    clip_dirs: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     """Make sure every required file of ``entry`` is in ``<root>/<id>``; return that folder.
 
@@ -645,9 +685,13 @@ def download_model(
     ``ICG_OFFLINE`` / ``HF_HUB_OFFLINE`` (the Hugging Face cache is still used offline). After a download
     ``convert_from`` files are converted and deleted unless ``keep_original``. Raises ``DownloadError``
     (offline, unreachable, checksum mismatch, manual-only model, failed conversion) with a message that
-    says how to install the model by hand.
+    says how to install the model by hand. Before any download, a copy another tool already keeps on
+    this machine is used where the model's kind can (a CLIP: ``icg.models.clip_sources``; ``clip_dirs``:
+    extra folders to search, e.g. the WebUI's ``--clip-models-path``), offline too.
     """
-    return _download(entry, Path(root), offline, progress, announce=True, keep_original=keep_original)
+    return _download(
+        entry, Path(root), offline, progress, announce=True, keep_original=keep_original, clip_dirs=clip_dirs
+    )
 
 
 @dataclass(frozen=True)
@@ -692,6 +736,7 @@ def download_models(
     progress: bool = True,
     registry: Mapping[str, ModelEntry] | None = None,
     keep_original: bool = False,
+    clip_dirs: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, Path]:
     """Download (and convert) several models (ids or entries); log the total size first.
 
@@ -702,6 +747,9 @@ def download_models(
     forget_unreachable()
     root_path = Path(root)
     entries = resolve_entries(models, registry)
+    for entry in entries:  # copies already on this machine first, so the plan counts only downloads
+        if not present(entry, root_path):
+            _use_local_copy(entry, model_dir(entry, root_path), clip_dirs)
     if not is_offline(offline):
         plan = plan_download(entries, root_path, offline=offline)
         if plan.todo:
@@ -717,7 +765,13 @@ def download_models(
     for entry in entries:
         try:
             done[entry.id] = _download(
-                entry, root_path, offline, progress, announce=False, keep_original=keep_original
+                entry,
+                root_path,
+                offline,
+                progress,
+                announce=False,
+                keep_original=keep_original,
+                clip_dirs=clip_dirs,
             )
         except DownloadError as err:
             errors.append(str(err))

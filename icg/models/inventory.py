@@ -38,10 +38,12 @@ from icg.models.download import (
     expected_size,
     local_size,
     missing_downloads,
+    pointer_problems,
     present,
     ready_to_convert,
 )
 from icg.models.paths import model_dir
+from icg.models.pointers import source_of
 from icg.models.registry import RESERVED_IDS, ModelEntry, load_registry, with_requirements
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class ModelStatus:
     loaded: bool  # in the model manager's memory now
     default: bool  # the front end's preselected model
     path: Path  # where it lives
-    source: str  # its first download address; "local" for a user's own model
+    source: str  # where its weights are from: another tool's file it points to (icg.models.pointers),
+    # else its first download address; "local" for a user's own model
     registered: bool  # in the registry (False: a folder the user imported or trained, or a path)
     note: str = ""
 
@@ -139,6 +142,9 @@ def _registry_status(
         note = "partly downloaded"
     if unmet:
         note = "; ".join(filter(None, [note, f"needs {', '.join(unmet)} (not installed)"]))
+    note = "; ".join(filter(None, [note, *pointer_problems(entry, root)]))
+    folder = model_dir(entry, root)
+    linked = next(filter(None, (source_of(folder, f) for f in entry.required_files)), None)
     return ModelStatus(
         id=entry.id,
         display_name=entry.display_name,
@@ -153,7 +159,7 @@ def _registry_status(
         loaded=False,
         default=False,
         path=model_dir(entry, root),
-        source=entry.sources[0].download_url,
+        source=linked or entry.sources[0].download_url,
         registered=True,
         note=note,
     )

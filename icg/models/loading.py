@@ -98,7 +98,13 @@ def _install(entry: ModelEntry, manager: ModelManager) -> Path:
     """The folder of an installed registry model, installing it first where that needs no permission
     (originals to convert, the Hugging Face cache) or downloads are allowed."""
     from icg.errors import DownloadError
-    from icg.models.download import download_model, manual_instructions, present, ready_to_convert
+    from icg.models.download import (
+        download_model,
+        manual_instructions,
+        pointer_problems,
+        present,
+        ready_to_convert,
+    )
     from icg.models.paths import model_dir
 
     root = manager.models_dir
@@ -106,15 +112,19 @@ def _install(entry: ModelEntry, manager: ModelManager) -> Path:
     if present(entry, root):
         return folder
     allowed = manager.runtime.allow_download
+    dirs = manager.runtime.clip_dirs
+    stale = pointer_problems(entry, root)  # said before the pointer is replaced by the search below
     if ready_to_convert(entry, root) or allowed:
-        download_model(entry, root, offline=None if allowed else True, progress=False)
+        download_model(entry, root, offline=None if allowed else True, progress=False, clip_dirs=dirs)
         return folder
-    try:  # offline: only what is already on this machine (the Hugging Face cache)
-        download_model(entry, root, offline=True, progress=False)
+    try:  # offline: only what is already on this machine (other tools' caches)
+        download_model(entry, root, offline=True, progress=False, clip_dirs=dirs)
         return folder
     except DownloadError:
         pass
     missing = f"model {entry.id!r} ({entry.display_name}) is not installed in {root}"
+    if stale:
+        missing += f" ({'; '.join(stale)})"
     if entry.manual_only:
         raise ModelNotFound(f"{missing}\n{manual_instructions(entry, root)}")
     raise ModelNotFound(
@@ -230,8 +240,10 @@ def resolve_clip(clip: Any, manager: ModelManager) -> ClipSpec:
     entry = _registry_clip(spec)
     if entry is None:
         return spec  # open_clip knows it (its cache, or its own download)
+    from icg.models.pointers import installed_file
+
     folder = _install(entry, manager)
-    weights = folder / entry.required_files[0]
+    weights = installed_file(folder, entry.required_files[0]) or folder / entry.required_files[0]
     return ClipSpec(
         arch=spec.arch,
         pretrained=spec.pretrained,

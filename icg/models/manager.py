@@ -69,13 +69,15 @@ class RuntimeConfig:
     clip: str | None = None  # a local CLIP folder (open_clip config + weights) or a registry id
     tokenizer: str | None = None  # a tokenizer folder or a registry id
     vocabulary: str | None = None  # SBG: a vocabulary.json, a folder holding one, or a registry id
+    clip_dirs: tuple[str, ...] = ()  # other tools' CLIP folders searched before a CLIP download (WebUI)
 
 
 @dataclass
 class Factories:
     """How models are built and fetched. ``clip`` and ``captioner`` receive the manager so they can
     resolve paths and share the CLIP; ``fetch(entry, models_dir, offline)`` puts one registry model's
-    files into the models folder (download and convert; default ``download.download_model``)."""
+    files into the models folder (download and convert; default ``download.download_model``, which
+    first looks for a copy already on this machine, in ``RuntimeConfig.clip_dirs`` too)."""
 
     clip: Callable[[ClipSpec, ModelManager], Any] = field(default=None)  # type: ignore[assignment]
     captioner: Callable[[str, ModelManager], Captioner] = field(default=None)  # type: ignore[assignment]
@@ -86,13 +88,7 @@ class Factories:
 
         self.clip = self.clip or loading.load_clip
         self.captioner = self.captioner or loading.load_captioner
-        self.fetch = self.fetch or _download
-
-
-def _download(entry: ModelEntry, root: Path, offline: bool | None) -> Path:
-    from icg.models.download import download_model
-
-    return download_model(entry, root, offline=offline, progress=False)
+        # fetch None: ModelManager downloads with its runtime's clip_dirs (see _fetch)
 
 
 def _called(value: Any) -> Any:
@@ -255,12 +251,20 @@ class ModelManager:
                     continue
                 report(index, f"installing {entry.id}")
                 log.info("installing %s into %s", entry.id, root)
-                self.factories.fetch(entry, root, offline)
+                self._fetch(entry, root, offline)
                 done.append(entry.id)
             finally:
                 lock.release()
         report(len(entries), "installed")
         return done
+
+    def _fetch(self, entry: ModelEntry, root: Path, offline: bool | None) -> None:
+        if self.factories.fetch is not None:
+            self.factories.fetch(entry, root, offline)
+            return
+        from icg.models.download import download_model
+
+        download_model(entry, root, offline=offline, progress=False, clip_dirs=self.runtime.clip_dirs)
 
     def _install_lock(self, model_id: str) -> threading.Lock:
         with self._install_locks_guard:

@@ -1,16 +1,20 @@
 """The ``tokenizer`` and ``clip`` kinds: what captioners need, installed under their registry ids only
-(no detection, no loading of their own: ``icg.models.loading`` loads them for the captioners)."""
+(no detection, no loading of their own: ``icg.models.loading`` loads them for the captioners).
+
+A CLIP is imported from an open_clip state dict or OpenAI's TorchScript archive, and installed from a
+copy another tool keeps on this machine before any download (``icg.models.clip_sources``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from icg.captioners.kinds import ImportJob, ModelKind, read_state
+from icg.captioners.kinds import ImportJob, ModelKind
 from icg.errors import CheckpointError, ConfigError
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
+if TYPE_CHECKING:
+    from icg.models.registry import ModelEntry
 
 def _candidates(paths: Sequence[Path]) -> dict[str, Path]:
     """The files among ``paths`` (files, or the files in folders) by name."""
@@ -57,33 +61,66 @@ def _import_tokenizer(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
 
 
 def _import_clip(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
-    """The CLIP's one weights file; a lone torch file of another name is installed under the entry's."""
+    """A CLIP's weights: one file (an open_clip state dict, ``.bin``/``.pt`` or ``.safetensors``, or
+    OpenAI's TorchScript archive such as ``ViT-L-14.pt``), checked by its tensor shapes against the entry's
+    CLIP (and an archive by its published sha256), or a folder holding the entry's files."""
+    entry = job.entry
+    wanted = entry.required_files if entry is not None else ()
+    if len(wanted) == 1 and len(paths) == 1 and paths[0].is_file():
+        return _import_clip_file(paths[0], out, job)
+    candidates = _candidates(paths)
+    _copy_registry_files(candidates, paths, out, job)
+    return _check_clip_file(candidates[wanted[0]], job)[1]
+
+
+def _check_clip_file(src: Path, job: ImportJob):
+    """Check ``src`` against the entry's CLIP: its feature width first (the clearest message), then
+    every tensor's shape; returns ``(identified file, one line on it)``."""
+    from icg.models import clip_sources
     from icg.models.importer import clip_feature_dim
     from icg.models.loading import clip_label
 
-    candidates = _candidates(paths)
-    wanted = job.entry.required_files if job.entry is not None else ()
-    if len(wanted) == 1 and wanted[0] not in candidates and len(paths) == 1 and paths[0].is_file():
-        src = paths[0]
-        if src.suffix not in TORCH_SUFFIXES:
-            raise ConfigError(
-                f"{src}: {job.entry.id} is installed as {wanted[0]} (a tensors-only torch state_dict); "
-                f"give that file (a {src.suffix} can be used directly with --clip FOLDER instead)"
-            )
-        candidates[wanted[0]] = src
-    _copy_registry_files(candidates, paths, out, job)
     entry = job.entry
-    state = read_state(out / wanted[0])
-    if not any(k.startswith("visual.") for k in state):
-        raise CheckpointError(f"{candidates[wanted[0]]}: not open_clip CLIP weights (no visual.* tensors)")
-    proj = state.get("text_projection")
-    dim = int(proj.shape[-1]) if proj is not None else None
+    layout, shapes = clip_sources.file_shapes(src)
+    if not any(k.startswith("visual.") for k in shapes):
+        raise CheckpointError(f"{src}: not open_clip CLIP weights (no visual.* tensors)")
+    proj = shapes.get("text_projection")
+    dim = int(proj[-1]) if proj else None
     expected = clip_feature_dim(dict(entry.clip or {}))
     if dim is not None and expected is not None and dim != expected:
-        raise CheckpointError(
-            f"{candidates[wanted[0]]}: {dim}-dim CLIP features, but {clip_label(entry.clip)} has {expected}"
-        )
-    return f"CLIP {clip_label(entry.clip)}: {dim or '?'}-dim features"
+        raise CheckpointError(f"{src}: {dim}-dim CLIP features, but {clip_label(entry.clip)} has {expected}")
+    found = clip_sources.identify(src, dict(entry.clip or {}))
+    return found, f"CLIP {clip_label(entry.clip)}: {dim or '?'}-dim features, {layout}"
+
+
+def _import_clip_file(src: Path, out: Path, job: ImportJob) -> str:
+    from icg.models import clip_sources
+    from icg.models.importer import copy_file
+    from icg.models.pointers import write_pointer
+
+    if job.entry is None:
+        _copy_registry_files({}, [src], out, job)  # raises: a CLIP is imported under its registry id
+    name = job.entry.required_files[0]
+    found, details = _check_clip_file(src, job)
+    job.originals = []  # the installed files are the originals (or their conversion)
+    if found.layout == clip_sources.ARCHIVE:
+        clip = dict(job.entry.clip or {})
+        reader = clip_sources.convert_archive(src, clip, out / clip_sources.CONVERTED_NAME)
+        source = f"imported from {src} (converted; read by {reader})"
+    elif src.suffix == ".safetensors":
+        copy_file(src, out / clip_sources.CONVERTED_NAME)
+        source = f"imported from {src}"
+    else:
+        copy_file(src, out / name)
+        return details
+    write_pointer(out, name, out / clip_sources.CONVERTED_NAME, source=source, fmt=clip_sources.STATE_DICT)
+    return f"{details} ({source})"
+
+
+def _local_copy(entry: ModelEntry, folder: Path, dirs: Sequence[str]) -> str | None:
+    from icg.models.clip_sources import use_local_copy
+
+    return use_local_copy(entry, folder, dirs)
 
 
 TOKENIZER = ModelKind(
@@ -92,8 +129,9 @@ TOKENIZER = ModelKind(
 CLIP = ModelKind(
     name="clip",
     title="CLIP",
-    formats="open_clip CLIP weights",
+    formats="open_clip CLIP weights or an OpenAI CLIP archive",
     import_files=_import_clip,
+    local_copy=_local_copy,
     registry_needs=("clip",),
 )
 #: Registered by icg.captioners.kinds (BUILTIN_MODULES) on first use.

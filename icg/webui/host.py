@@ -66,6 +66,12 @@ def offline() -> bool:
     return bool(flag("icg_offline")) or env_true("ICG_OFFLINE")
 
 
+def clip_models_path() -> str | None:
+    """The WebUI's ``--clip-models-path`` (where Interrogate CLIP keeps ``ViT-L-14.pt``), or None."""
+    value = flag("clip_models_path")
+    return str(value) if value else None
+
+
 def env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -32,7 +32,7 @@ class ModelsPanel:
     import_button: Any
 
 
-MODEL_HEADERS = ["model", "kind", "installed", "on disk", "missing files", "loaded"]
+MODEL_HEADERS = ["model", "kind", "installed", "on disk", "missing files", "loaded", "source"]
 
 
 def model_rows(service: WebUIService) -> list[list[Any]]:
@@ -50,6 +50,7 @@ def model_rows(service: WebUIService) -> list[list[Any]]:
                 format_size(m["size_bytes"]) if m["size_bytes"] else "-",
                 missing or "-",
                 "yes" if m["loaded"] else "",
+                m["source"] if m["installed"] else "-",  # where the weights came from
             ]
         )
     return rows

@@ -221,6 +221,7 @@ def runtime_config(settings: Settings | None = None) -> Any:
         dtype=dtype,
         models_dir=str(models_root(settings)),
         allow_download=settings.allow_download and not host.offline(),
+        clip_dirs=tuple(filter(None, [host.clip_models_path()])),
     )
 
 
