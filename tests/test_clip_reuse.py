@@ -179,6 +179,20 @@ def test_a_torch_layout_the_reader_does_not_know_falls_back_to_torch_jit_load(tm
     assert all(torch.equal(tensors[k], state[k]) for k in state)
 
 
+def test_the_fallback_also_finds_and_converts_the_webui_archive(env, tmp_path, monkeypatch):
+    archive, _ = _layout("archive", env, tmp_path)
+    monkeypatch.delitem(openai_archive.STORAGE_DTYPES, "HalfStorage")
+    download.download_models(["tiny-clip"], env["root"], offline=True)
+    from icg.models.inventory import model_status
+
+    status = model_status("tiny-clip", env["root"])
+    assert status.installed and str(archive) in status.source and "torch.jit.load" in status.source
+    weights = env["root"] / "tiny-clip" / clip_sources.CONVERTED_NAME
+    image = write_image(tmp_path / "b.png")
+    expected = features(reference(tmp_path, half=True), image)
+    assert torch.allclose(features(weights, image), expected, atol=1e-6)
+
+
 def _archive_with_code(path: Path, marker: Path) -> Path:
     class Evil:
         def __reduce__(self):

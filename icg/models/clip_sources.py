@@ -177,9 +177,12 @@ def file_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
     if path.suffix == ".safetensors":
         return STATE_DICT, tensor_shapes(path)
     if openai_archive.is_torch_zip(path):
-        refs = openai_archive.read_refs(path)
-        return (ARCHIVE if refs.scripted else STATE_DICT), refs.shapes()
-    from icg.clip_encoder import load_tensor_file  # a legacy (non-zip) torch file: read it
+        try:
+            scripted, shapes = openai_archive.tensor_shapes(path)
+            return (ARCHIVE if scripted else STATE_DICT), shapes
+        except openai_archive.ArchiveFormatError as err:  # torch's own tensors-only reader below
+            logger.debug("%s: %s", path, err)
+    from icg.clip_encoder import load_tensor_file  # a legacy or unusual torch file: read it
 
     return STATE_DICT, {k: tuple(v.shape) for k, v in load_tensor_file(path).items()}
 

@@ -223,7 +223,30 @@ def _restricted_tensors(path: Path, keys: Iterable[str]) -> dict[str, Any]:
         return {k: _materialise(archive, root, refs[k], path, k) for k in keys if k in refs}
 
 
-def _jit_tensors(path: Path, keys: Iterable[str]) -> dict[str, Any]:
+def is_scripted(path: str | os.PathLike[str]) -> bool:
+    """True when the zip holds TorchScript code (``<name>/code/``): an archive, not a torch.save file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.count("/") >= 2 and n.split("/")[1] == "code" for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def tensor_shapes(path: str | os.PathLike[str]) -> tuple[bool, dict[str, tuple[int, ...]]]:
+    """``(scripted, {name: shape})`` of a torch zip archive: by the restricted reader (no tensor data
+    read), or by ``torch.jit.load`` for a TorchScript archive it can't read (logged)."""
+    path = Path(path)
+    try:
+        refs = read_refs(path)
+    except ArchiveFormatError as err:
+        if not is_scripted(path):
+            raise
+        logger.info("%s: the restricted reader can't read it (%s); falling back to %s", path, err, JIT)
+        return True, {k: tuple(v.shape) for k, v in _jit_state(path).items()}
+    return refs.scripted, refs.shapes()
+
+
+def _jit_state(path: Path) -> dict[str, Any]:
     import torch
 
     try:
@@ -231,7 +254,11 @@ def _jit_tensors(path: Path, keys: Iterable[str]) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any failure of the fallback means the same thing
         reason = f"{type(err).__name__}: {err}"
         raise CheckpointError(f"{path}: not a readable TorchScript archive ({reason})") from err
-    state = module.state_dict()
+    return dict(module.state_dict())
+
+
+def _jit_tensors(path: Path, keys: Iterable[str]) -> dict[str, Any]:
+    state = _jit_state(path)
     return {k: state[k].detach().clone() for k in keys if k in state}
 
 
