@@ -414,3 +414,28 @@ def test_install_py_searches_the_webui_clip_models_path(monkeypatch):
     assert module.clip_dirs(launch) == ["/webui/models/clip"] and module.clip_dirs(None) == []
     monkeypatch.setattr(sys, "argv", ["install.py", "--clip-models-path", "/elsewhere"])
     assert module.clip_dirs(launch) == ["/elsewhere"]
+
+
+def test_the_webui_searches_its_clip_models_path_and_its_models_panel_says_where_the_clip_came_from(
+    env, tmp_path
+):
+    import dataclasses
+
+    from icg.models.manager import ModelManager
+    from tests.webui_support import fake_webui
+
+    archive, folder = _layout("clip-models-path", env, tmp_path)
+    env["monkeypatch"].delenv("HF_HUB_OFFLINE", raising=False)
+    calls = install_fake_hub(env["monkeypatch"])
+    with fake_webui(clip_models_path=str(folder), icg_models_dir=str(env["root"])):
+        from icg import webui as adapter
+
+        runtime = adapter.service.runtime_config()
+        assert runtime.clip_dirs == (str(folder),)
+        manager = ModelManager(dataclasses.replace(runtime, device="cpu", allow_download=True))
+        manager.install("tiny-prefix")
+        service = adapter.service.WebUIService(manager, models=("tiny-prefix",))
+        row = next(r for r in adapter.models_panel.model_rows(service) if r[0].startswith("tiny-prefix"))
+    assert "someone/tiny-clip" not in {c["repo_id"] for c in calls}
+    source = row[adapter.models_panel.MODEL_HEADERS.index("source")]
+    assert source.startswith("https://") and f"CLIP: the CLIP cache {folder}: {archive} (converted" in source

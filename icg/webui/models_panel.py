@@ -38,7 +38,9 @@ MODEL_HEADERS = ["model", "kind", "installed", "on disk", "missing files", "load
 def model_rows(service: WebUIService) -> list[list[Any]]:
     from icg.api import describe_models
     from icg.models.download import format_size
+    from icg.models.inventory import manager_inventory
 
+    known = {row.id: row for row in manager_inventory(service.manager)}
     rows = []
     for m in describe_models(service)["models"]:
         missing = ", ".join(m["missing"][:4]) + (" ..." if len(m["missing"]) > 4 else "")
@@ -50,10 +52,19 @@ def model_rows(service: WebUIService) -> list[list[Any]]:
                 format_size(m["size_bytes"]) if m["size_bytes"] else "-",
                 missing or "-",
                 "yes" if m["loaded"] else "",
-                m["source"] if m["installed"] else "-",  # where the weights came from
+                _source(m, known),
             ]
         )
     return rows
+
+
+def _source(model: dict[str, Any], known: dict[str, Any]) -> str:
+    """Where an installed model's weights came from, and its CLIP's (a copy another tool keeps, e.g. the
+    WebUI's Interrogate CLIP, or the download address)."""
+    if not model["installed"]:
+        return "-"
+    clips = [known[r].source for r in model["requires"] if r in known and known[r].kind == "clip"]
+    return "; ".join([model["source"], *(f"CLIP: {c}" for c in clips)])
 
 
 def models_table(service: WebUIService) -> dict[str, Any]:

@@ -32,6 +32,7 @@ DEFAULT_FLAGS = {
     "disable_console_progressbars": False,
     "device_id": None,
     "data_dir": data_path,
+    "clip_models_path": None,  # where Interrogate CLIP keeps ViT-L-14.pt (None: ~/.cache/clip)
     # preload.py of the extension adds these
     "icg_models_dir": None,
     "icg_offline": False,
