@@ -7,8 +7,9 @@ A captioner name resolves, in this order, to:
    a Hugging Face GPT-2 folder for SBG, ...), loaded by that kind's ``load``;
 2. a registry id: its folder in the models folder. A model that is not installed yet is installed on
    demand: originals found in its folder are converted, files already in the Hugging Face cache are
-   copied in, and anything else is downloaded only when ``RuntimeConfig.allow_download`` is set (else
-   ``ModelNotFound`` names the ``python -m icg download`` command to run);
+   copied in, a CLIP another tool keeps (``icg.models.clip_sources``) is used, and anything else is
+   downloaded only when ``RuntimeConfig.allow_download`` is set (else ``ModelNotFound`` names the
+   ``python -m icg download`` command to run);
 3. a user's own model: ``<models folder>/<name>`` holding one of the folder formats above (what
    ``python -m icg import`` writes, or what training saved).
 
@@ -96,7 +97,8 @@ def required_of_kind(entry: ModelEntry | None, kind: str, default: str) -> str:
 
 def _install(entry: ModelEntry, manager: ModelManager) -> Path:
     """The folder of an installed registry model, installing it first where that needs no permission
-    (originals to convert, the Hugging Face cache) or downloads are allowed."""
+    (originals to convert, the Hugging Face cache, another tool's CLIP) or downloads are allowed. A
+    pointer file whose target is gone is named in the error when nothing else is found."""
     from icg.errors import DownloadError
     from icg.models.download import (
         download_model,
