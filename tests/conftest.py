@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# ICG reuses a CLIP found in the Hugging Face cache (issue 16): tests must not find a developer's real one.
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="icg-test-hf-hub-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
