@@ -10,6 +10,7 @@ subprocesses. Stopping points come from the actors' test hook (``ICG_DATASET_HOL
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import io
@@ -293,10 +294,8 @@ def subprocess_env(hold: Path) -> dict[str, str]:
 
 def kill_group(proc: subprocess.Popen) -> None:
     """End a process we started in its own session, and everything it started there."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=WAIT)
 
 

@@ -63,9 +63,8 @@ class Source:
             )
             return ray.data.from_arrow(table), len(todo)
         if self.kind == "parquet":
-            ds = ray.data.read_parquet(
-                list(self.files), columns=[self.key_column, self.bytes_column], include_paths=True
-            )
+            columns = [self.key_column, self.bytes_column, "path"]
+            ds = ray.data.read_parquet(list(self.files), include_paths=True).select_columns(columns)
             ds = ds.map_batches(
                 _from_parquet,
                 batch_format="pyarrow",
