@@ -337,10 +337,12 @@ def connect(options: DatasetOptions):
     }
     if HOLD_ENV in os.environ:
         kwargs["runtime_env"] = {"env_vars": {HOLD_ENV: os.environ[HOLD_ENV]}}
-    if options.address:
-        ray.init(address=options.address, **kwargs)
-    else:
-        ray.init(num_cpus=options.num_cpus, **kwargs)
+    # No --address: a new local instance ("local"), not whatever cluster Ray would find on this
+    # machine, unless the job runs under Ray's job submission (RAY_ADDRESS is set).
+    address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        kwargs["num_cpus"] = options.num_cpus
+    ray.init(address=address, **kwargs)
     return ray, True
 
 
@@ -371,7 +373,7 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
         ctx.enable_progress_bars = options.progress
         gpus = ray.cluster_resources().get("GPU", 0) > 0 and options.runtime.get("device") != "cpu"
         batch_size = options.batch_size or auto_batch_size("cuda" if gpus else "cpu")
-        ds, todo = source.dataset(ray, done)
+        ds, todo = source.dataset(ray, done, batch_size)
         if source.kind == "files":
             summary.found = len(source.items)
             summary.skipped = len(source.items) - todo

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 GLOB_CHARS = frozenset("*?[")
+MAX_BLOCKS = 4096
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class Source:
     bytes_column: str = "bytes"
     extensions: frozenset[str] = field(default_factory=frozenset)
 
-    def dataset(self, ray: Any, done: frozenset[str]):
-        """The Ray dataset of ``key``/``path``/``data`` rows not in ``done``."""
+    def dataset(self, ray: Any, done: frozenset[str], block_rows: int = 8):
+        """The Ray dataset of ``key``/``path``/``data`` rows not in ``done`` (and how many rows it has,
+        where that is known without reading the input); a list of files goes in ``block_rows`` blocks."""
         import pyarrow as pa
 
         if self.kind == "files":
@@ -61,7 +63,11 @@ class Source:
                     "data": pa.nulls(len(todo), pa.binary()),
                 }
             )
-            return ray.data.from_arrow(table), len(todo)
+            # Blocks of about a batch each (at most MAX_BLOCKS of them): Ray Data hands a block to one
+            # decoding task and one actor, so one big block would keep every other actor idle.
+            rows = block_rows * max(1, -(-len(todo) // (block_rows * MAX_BLOCKS)))
+            blocks = [table.slice(i, rows) for i in range(0, len(todo), rows)] or [table]
+            return ray.data.from_arrow(blocks), len(todo)
         if self.kind == "parquet":
             columns = [self.key_column, self.bytes_column, "path"]
             ds = ray.data.read_parquet(list(self.files), include_paths=True).select_columns(columns)
