@@ -52,6 +52,7 @@ def bench_dataset(ctx) -> dict[str, Any]:
     try:
         models = _write_models(work / "models")
         folder = work / "images"
+        folder.mkdir()
         write_jpegs(folder, n)
         runtime = {"device": "cpu", "clip": models["clip"], "tokenizer": models["tokenizer"]}
         manager = ModelManager(RuntimeConfig(**runtime))
