@@ -168,6 +168,7 @@ def test_webdataset_keys():
 
 
 @needs_ray
+@pytest.mark.slow
 def test_folder_to_parquet_equals_icg_batch_and_bad_files_are_error_rows(tmp_path, local_ray, capsys):
     src = tmp_path / "src"
     make_images(src, NAMES)
@@ -198,6 +199,7 @@ def test_folder_to_parquet_equals_icg_batch_and_bad_files_are_error_rows(tmp_pat
 
 
 @needs_ray
+@pytest.mark.slow
 def test_resume_skips_committed_shards_and_ignores_half_written_ones(tmp_path, local_ray, capsys):
     src = tmp_path / "src"
     make_images(src, NAMES)
@@ -226,6 +228,7 @@ def test_resume_skips_committed_shards_and_ignores_half_written_ones(tmp_path, l
 
 
 @needs_ray
+@pytest.mark.slow
 def test_path_list_to_jsonl_with_sidecars(tmp_path, local_ray, capsys):
     src = tmp_path / "src"
     make_images(src, NAMES)
@@ -255,6 +258,7 @@ def test_path_list_to_jsonl_with_sidecars(tmp_path, local_ray, capsys):
 
 
 @needs_ray
+@pytest.mark.slow
 def test_parquet_bytes_and_webdataset_shards_caption_like_files(tmp_path, local_ray):
     src = tmp_path / "src"
     paths = make_images(src, NAMES[:3])
@@ -331,6 +335,7 @@ def icg_command(source: Path, out: Path, *extra: str) -> list[str]:
 
 
 @needs_ray
+@pytest.mark.slow
 def test_two_node_cluster_both_caption_and_a_killed_actor_is_replaced(tmp_path):
     src = tmp_path / "src"
     names = [f"img{i:02d}.png" for i in range(24)]
@@ -415,6 +420,7 @@ def _cluster_nodes(port: int, env: dict[str, str]) -> int:
 
 
 @needs_ray
+@pytest.mark.slow
 def test_killed_driver_resumes_with_every_key_once(tmp_path, local_ray):
     src = tmp_path / "src"
     names = [f"img{i:02d}.png" for i in range(12)]
