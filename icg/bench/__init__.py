@@ -22,4 +22,7 @@ SUITES = {
     "prefix": "icg.bench.prefix:bench_prefix",
     "sbg": "icg.bench.sbg:bench_sbg",
     "folder": "icg.bench.folder:bench_folder",
+    "dataset": "icg.bench.dataset:bench_dataset",
 }
+#: Suites run only when named with ``--suite`` (``dataset`` needs the optional Ray extra and starts Ray).
+ON_REQUEST = frozenset({"dataset"})

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from icg.bench import SUITES
+from icg.bench import ON_REQUEST, SUITES
 
 
 def sync() -> None:
@@ -152,7 +152,7 @@ def run_bench(
         "checks": {},
         "notes": {},
     }
-    for suite in suites or list(SUITES):
+    for suite in suites or [name for name in SUITES if name not in ON_REQUEST]:
         module, func = SUITES[suite].split(":")
         part = getattr(importlib.import_module(module), func)(ctx)
         for key in ("seconds_per_image", "ratios", "checks", "notes"):

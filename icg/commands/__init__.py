@@ -6,6 +6,7 @@ COMMAND_MODULES = (
     "icg.commands.caption",
     "icg.commands.models",
     "icg.commands.batch",
+    "icg.commands.dataset",
     "icg.commands.app",
     "icg.commands.train",
     "icg.commands.doctor",

@@ -60,15 +60,7 @@ def register(sub) -> None:
     )
     out.add_argument("--manifest", help="also write one row per image to this .jsonl or .csv file")
 
-    prompt = p.add_argument_group("caption file text")
-    add_options(prompt, TEMPLATE, defaults={"template": BATCH_TEMPLATE})
-    prompt.add_argument(
-        "--keywords", action="store_true", help=f"add the model's keywords (SBG): {KEYWORDS_TEMPLATE!r}"
-    )
-    prompt.add_argument(
-        "--keep-period", dest="strip_period", action="store_false", default=None, help="= --no-strip-period"
-    )
-    add_options(prompt, CAPTION)
+    add_caption_text(p)
 
     run_group = p.add_argument_group("run")
     run_group.add_argument(
@@ -88,11 +80,7 @@ def options_from_args(args: argparse.Namespace):
     """The ``BatchOptions`` for parsed arguments (``ConfigError`` for invalid combinations)."""
     from icg.batch.engine import BatchOptions
     from icg.imaging import DEFAULT_MAX_PIXELS
-    from icg.options import CaptionOptions
-    from icg.prompt import PromptTemplate
 
-    template = TEMPLATE.pick(args)
-    template.setdefault("template", KEYWORDS_TEMPLATE if args.keywords else BATCH_TEMPLATE)
     extensions = None
     if args.ext:
         extensions = tuple(ext for ext in args.ext.split(",") if ext.strip())
@@ -104,14 +92,44 @@ def options_from_args(args: argparse.Namespace):
         output_dir=args.output_dir,
         separator=args.separator,
         manifest=args.manifest,
-        template=PromptTemplate(**template),
+        template=template_from_args(args),
         decoding=decoding_overrides(args),
-        caption=CaptionOptions(**CAPTION.pick(args)),
+        caption=caption_from_args(args),
         dry_run=args.dry_run,
         max_pixels=max_pixels,
         workers=args.workers,
         **BATCH.pick(args),
     )
+
+
+def add_caption_text(p: argparse.ArgumentParser) -> None:
+    """The options of what goes into each caption file (template, keywords, caption style); ``icg
+    dataset`` takes the same ones for its ``prompt`` column."""
+    prompt = p.add_argument_group("caption file text")
+    add_options(prompt, TEMPLATE, defaults={"template": BATCH_TEMPLATE})
+    prompt.add_argument(
+        "--keywords", action="store_true", help=f"add the model's keywords (SBG): {KEYWORDS_TEMPLATE!r}"
+    )
+    prompt.add_argument(
+        "--keep-period", dest="strip_period", action="store_false", default=None, help="= --no-strip-period"
+    )
+    add_options(prompt, CAPTION)
+
+
+def template_from_args(args: argparse.Namespace):
+    """The ``PromptTemplate`` of ``add_caption_text``'s arguments."""
+    from icg.prompt import PromptTemplate
+
+    template = TEMPLATE.pick(args)
+    template.setdefault("template", KEYWORDS_TEMPLATE if args.keywords else BATCH_TEMPLATE)
+    return PromptTemplate(**template)
+
+
+def caption_from_args(args: argparse.Namespace):
+    """The ``CaptionOptions`` of ``add_caption_text``'s arguments."""
+    from icg.options import CaptionOptions
+
+    return CaptionOptions(**CAPTION.pick(args))
 
 
 #: The exit status when the run's records (manifest, append state) cannot be written.
