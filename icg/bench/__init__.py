@@ -9,7 +9,7 @@ Only ``icg bench`` (``icg.commands.bench``) imports this package; no runtime mod
 - ``core``: the shared context (settings, random-weight models built once), timing, the runner, the
   text report;
 - ``predecessor``: the predecessor's code paths, re-implemented as the baseline the suites time;
-- ``prefix``, ``sbg``, ``folder``: the suites.
+- ``prefix``, ``sbg``, ``folder``, ``coldstart`` (time to the first caption): the suites.
 
 This module imports nothing heavy, so that the CLI can build its parser from ``SUITES``.
 """
@@ -22,4 +22,5 @@ SUITES = {
     "prefix": "icg.bench.prefix:bench_prefix",
     "sbg": "icg.bench.sbg:bench_sbg",
     "folder": "icg.bench.folder:bench_folder",
+    "coldstart": "icg.bench.coldstart:bench_coldstart",
 }
