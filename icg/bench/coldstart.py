@@ -318,6 +318,7 @@ def bench_coldstart(ctx) -> dict[str, Any]:
                 len(captions["legacy"]) == 1 and captions["legacy"] == captions["new"]
             )
             notes[f"coldstart {name}"] = side_by_side(name, table)
+            logger.info("coldstart %s", notes[f"coldstart {name}"])
     notes["coldstart models"] = str(folder)
     return {"seconds_per_image": rows, "ratios": ratios, "checks": checks, "notes": notes}
 
