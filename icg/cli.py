@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from icg.__version__ import __version__
 from icg.commands import COMMAND_MODULES
 from icg.errors import IcgError
+from icg.phases import mark
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    mark("cli", modules=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def load_tensor_file(path: str | Path) -> dict[str, Any]:
-    """Read a tensors-only state dict: safetensors, or a torch file loaded with ``weights_only=True``."""
+def load_tensor_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a tensors-only state dict: safetensors (memory-mapped), or a torch file loaded with
+    ``weights_only=True``; ``mmap``: a torch zip file memory-mapped too, for models loaded to caption
+    (``icg.models.fastload``), so its tensors are not read and copied up front."""
     import torch
+
+    from icg.models.fastload import legacy
 
     path = Path(path)
     if not path.is_file():
@@ -36,6 +40,8 @@ def load_tensor_file(path: str | Path) -> dict[str, Any]:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif mmap and not legacy() and _is_zip(path):
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: never pass that on
@@ -47,6 +53,13 @@ def load_tensor_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")
     return state
+
+
+def _is_zip(path: Path) -> bool:
+    """True for torch's zip format, the one ``torch.load(mmap=True)`` reads (not the legacy format)."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def _refused(path: Path, text: str) -> CheckpointError:
@@ -101,6 +114,7 @@ class ClipEncoder:
         import open_clip
 
         from icg.devices import resolve_device, resolve_dtype
+        from icg.models.fastload import load_into, no_init
 
         device = resolve_device(device)
         dtype = resolve_dtype(device, dtype)
@@ -120,7 +134,7 @@ class ClipEncoder:
         pretrained = None if spec.weights_path else spec.pretrained
         log.info("loading CLIP %s on %s (%s)", spec.id, device, dtype)
         try:
-            with without_weights_warning(pretrained is None):
+            with without_weights_warning(pretrained is None), no_init(bool(spec.weights_path)):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     spec.arch,
                     pretrained=pretrained,
@@ -130,9 +144,9 @@ class ClipEncoder:
         except RuntimeError as err:
             raise ConfigError(f"open_clip could not build {spec.arch!r}: {err}") from err
         if spec.weights_path:
-            state = load_tensor_file(spec.weights_path)
+            state = load_tensor_file(spec.weights_path, mmap=True)
             try:
-                model.load_state_dict(state, strict=True)
+                load_into(model, state, strict=True)
             except RuntimeError as err:
                 raise CheckpointError(f"{spec.weights_path}: does not fit CLIP {spec.arch}: {err}") from err
         model = model.to(device=device, dtype=dtype)

@@ -20,6 +20,7 @@ from icg.captioners.result import CaptionResult
 from icg.config import DecodingConfig
 from icg.errors import ConfigError
 from icg.options import DECODING, CaptionOptions
+from icg.phases import mark
 
 Decoding = DecodingConfig | Mapping[str, Any] | None
 
@@ -51,6 +52,7 @@ def caption_batch(
     with manager.session():
         captioner = manager.captioner(model)
         clip = manager.clip(captioner.clip_spec)
+        mark("models")
         start = time.perf_counter()
         feats = clip.encode_images(images, batch_size=len(images), normalize=captioner.normalize)
         encode_time = (time.perf_counter() - start) / len(images)

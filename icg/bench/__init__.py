@@ -9,7 +9,7 @@ Only ``icg bench`` (``icg.commands.bench``) imports this package; no runtime mod
 - ``core``: the shared context (settings, random-weight models built once), timing, the runner, the
   text report;
 - ``predecessor``: the predecessor's code paths, re-implemented as the baseline the suites time;
-- ``prefix``, ``sbg``, ``folder``: the suites.
+- ``prefix``, ``sbg``, ``folder``, ``coldstart`` (time to the first caption): the suites.
 
 This module imports nothing heavy, so that the CLI can build its parser from ``SUITES``.
 """
@@ -23,6 +23,8 @@ SUITES = {
     "sbg": "icg.bench.sbg:bench_sbg",
     "folder": "icg.bench.folder:bench_folder",
     "dataset": "icg.bench.dataset:bench_dataset",
+    "coldstart": "icg.bench.coldstart:bench_coldstart",
 }
-#: Suites run only when named with ``--suite`` (``dataset`` needs the optional Ray extra and starts Ray).
-ON_REQUEST = frozenset({"dataset"})
+#: Suites run only when named with ``--suite``: ``dataset`` needs the optional Ray extra and starts Ray;
+#: ``coldstart`` writes ~2 GB of real-size models once and starts many fresh processes.
+ON_REQUEST = frozenset({"dataset", "coldstart"})

@@ -206,17 +206,22 @@ def config_from_state(
 def model_from_state(
     state: dict[str, torch.Tensor], cfg: PrefixModelConfig, *, source: str
 ) -> PrefixCaptionModel:
+    from icg.models.fastload import load_into, no_init
+
     lm_state, mapper_state = _split(state, source)
-    mapper = build_mapper(cfg.mapper)
-    lm = build_lm({k: v for k, v in cfg.lm.items() if k in LM_KEYS})
+    with no_init():  # every parameter is loaded below
+        mapper = build_mapper(cfg.mapper)
+        lm = build_lm({k: v for k, v in cfg.lm.items() if k in LM_KEYS})
     try:
-        mapper.load_state_dict(mapper_state, strict=True)
+        load_into(mapper, mapper_state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{source}: mapper weights do not fit {cfg.mapper.kind} mapper: {err}") from err
     lm_state = dict(lm_state)
     if cfg.lm.get("tie_word_embeddings", True):
         lm_state.pop("lm_head.weight", None)
-    missing, unexpected = lm.load_state_dict(lm_state, strict=False)
+    missing, unexpected = load_into(lm, lm_state, strict=False)
+    if cfg.lm.get("tie_word_embeddings", True):
+        lm.tie_weights()  # the head shares the loaded embedding, not the one the model was built with
     missing = [
         k
         for k in missing
@@ -235,7 +240,7 @@ def model_from_state(
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     from icg.clip_encoder import load_tensor_file
 
-    return load_tensor_file(path)
+    return load_tensor_file(path, mmap=True)
 
 
 def load_prefix_model(path: str | Path, **overrides: Any) -> tuple[PrefixCaptionModel, PrefixModelConfig]:

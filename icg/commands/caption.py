@@ -24,6 +24,7 @@ from icg.commands.common import (
     option_type,
 )
 from icg.options import BATCH, CAPTION, DEFAULT_MODEL
+from icg.phases import mark
 
 DEFAULT_SBG_MODEL = "sbg-flickr8k"
 #: From this many images on, ``icg caption`` shows a progress bar.
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     elif len(results) == 1:
-        print(results[0].caption)
+        print(results[0].caption, flush=True)
+        mark("printed", modules=True)
     else:
         for r in results:
             print(f"{r.source}\t{r.caption}")
