@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from icg.config import ClipSpec
-from icg.errors import ConfigError, ModelNotFound
+from icg.errors import CheckpointError, ConfigError, ModelNotFound
 from icg.models import download, importer, loading
 from icg.models.manager import ModelManager, RuntimeConfig
 from icg.pipeline import caption_images
@@ -260,3 +260,26 @@ def test_relative_paths_in_icg_json_are_relative_to_the_model_folder(tmp_path):
     )
     meta = read_sbg_meta(tmp_path)
     assert meta["vocabulary"] == str((tmp_path / "vocab" / "vocabulary.json").resolve())
+
+
+def test_a_tokenizer_saved_by_a_newer_transformers_still_loads(tmp_path):
+    """transformers 5 saves ``tokenizer_class: TokenizersBackend``, unknown to the WebUI's 4.30: the folder
+    is read as the byte-level BPE it is, and encodes exactly as the tokenizer that was saved."""
+    from icg.tiny import tiny_tokenizer
+
+    saved = tiny_tokenizer(tmp_path / "tok")
+    config_file = tmp_path / "tok" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "TokenizerFromTheFuture"
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+
+    loaded = loading.open_tokenizer(tmp_path / "tok")
+    text = "a black jacket on two men"
+    assert loaded(text)["input_ids"] == saved(text)["input_ids"]
+    assert loaded.eos_token == "<|endoftext|>"
+
+
+def test_a_folder_without_a_tokenizer_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a loadable tokenizer folder"):
+        loading.open_tokenizer(tmp_path / "empty")

@@ -267,8 +267,6 @@ def load_clip(spec: ClipSpec, manager: ModelManager):
 def load_tokenizer(name: str | None, manager: ModelManager):
     """A GPT-2 tokenizer: the runtime override, else ``name`` (a folder, a registry id, or a user's
     tokenizer folder in the models folder), else the registry's ``gpt2-tokenizer``."""
-    from transformers import AutoTokenizer
-
     name = manager.runtime.tokenizer or name or DEFAULT_TOKENIZER
     path = Path(name).expanduser()
     if not path.is_dir():
@@ -279,8 +277,27 @@ def load_tokenizer(name: str | None, manager: ModelManager):
             path = manager.models_dir / name
         else:
             raise ModelNotFound(f"tokenizer {name!r} is neither a folder nor a known tokenizer id")
+    return open_tokenizer(path)
+
+
+def open_tokenizer(path: Path):
+    """The tokenizer saved in ``path``. A folder saved by a newer transformers names a tokenizer class this
+    one does not know (transformers 5 writes ``TokenizersBackend``, which the WebUI's 4.30 lacks); every ICG
+    captioner uses GPT-2's byte-level BPE, so such a folder is read by the generic fast tokenizer from its
+    ``tokenizer.json`` (or GPT-2's from ``vocab.json`` + ``merges.txt``) instead of failing."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
+
     try:
         return AutoTokenizer.from_pretrained(str(path))
+    except ValueError as err:
+        if "does not exist" not in str(err):
+            raise CheckpointError(f"{path}: not a loadable tokenizer folder ({err})") from err
+        log.info("%s: %s; reading it as a GPT-2 byte-level BPE tokenizer", path, err)
+    except OSError as err:
+        raise CheckpointError(f"{path}: not a loadable tokenizer folder ({err})") from err
+    generic = PreTrainedTokenizerFast if (path / "tokenizer.json").is_file() else GPT2TokenizerFast
+    try:
+        return generic.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a loadable tokenizer folder ({err})") from err
 

@@ -50,12 +50,14 @@ def _copy_registry_files(
 def _import_tokenizer(paths: Sequence[Path], out: Path, job: ImportJob) -> str:
     _copy_registry_files(_candidates(paths), paths, out, job)
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(out))
+        import transformers  # noqa: F401
     except ImportError:
         return "tokenizer files copied (not checked: transformers is not installed)"
-    except (OSError, ValueError) as err:
+    from icg.models.loading import open_tokenizer
+
+    try:
+        tokenizer = open_tokenizer(out)
+    except CheckpointError as err:
         raise CheckpointError(f"{', '.join(map(str, paths))}: not a loadable tokenizer ({err})") from err
     return f"tokenizer: {len(tokenizer)} tokens"
 
