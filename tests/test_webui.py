@@ -848,3 +848,37 @@ def test_interrupt_and_skip_stop_a_tab_batch(webui_env, manager, tmp_path, monke
     assert summary["stopped"] and summary["captioned"] == 1
     assert sorted(p.name for p in folder.glob("*.txt")) == ["img0.txt"]
     assert env.shared.state.history[-1] == ("end", "icg-batch")
+
+
+# ------------------------------------------------------------------------------------------ issue 11, rest
+def _gradio_major() -> int:
+    return int(gr.__version__.split(".")[0])
+
+
+@pytest.mark.parametrize("host_gradio", ["plain", "forge"])
+def test_append_buttons_switch_to_their_tab(webui_env, manager, monkeypatch, host_gradio):
+    """Item 18: each Append button fills its prompt box and switches to its tab (the WebUI's own
+    ``switch_to_txt2img``/``switch_to_img2img`` of javascript/ui.js), on A1111 and under Forge, whose
+    ``EventWrapper`` around every listener hid the ``js`` argument (all ICG JavaScript was dropped)."""
+    env = webui_env.start(manager)
+    if host_gradio == "forge":
+        if _gradio_major() < 4:
+            pytest.skip("Forge runs gradio 4")
+        from modules.gradio_extensions import EventWrapper, repaired_init
+
+        monkeypatch.setattr(gr.Button, "__init__", repaired_init(gr.Button))
+    with gr.Blocks():
+        prompts = {}
+        for elem_id in ("txt2img_prompt", "img2img_prompt"):
+            prompts[elem_id] = gr.Textbox(elem_id=elem_id)
+            env.callbacks.after_component_callback(prompts[elem_id], elem_id=elem_id)
+    parts = env.adapter.tab.build_tab()
+    for tab in ("txt2img", "img2img"):
+        button = parts.append_buttons[tab]
+        if host_gradio == "forge":
+            assert isinstance(button.click, EventWrapper)
+            assert env.adapter.host.js_kwargs(button.click, "f") == {"js": "f"}  # the img2img button's too
+        scripts = [e[3] or "" for e in events(parts.blocks) if button._id in e[0]]
+        assert any("icgInsertAtCursor" in js for js in scripts), scripts
+        switch = [js for js in scripts if f"switch_to_{tab}" in js]
+        assert len(switch) == 1 and f"switch_to_{tab}()" in switch[0]
