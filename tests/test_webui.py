@@ -43,6 +43,7 @@ ICG_KEYS = {
     "icg_allow_download",
     "icg_autocaption",
     "icg_autocaption_model",
+    "icg_upload_max_megapixels",
 }
 
 
@@ -882,3 +883,62 @@ def test_append_buttons_switch_to_their_tab(webui_env, manager, monkeypatch, hos
         assert any("icgInsertAtCursor" in js for js in scripts), scripts
         switch = [js for js in scripts if f"switch_to_{tab}" in js]
         assert len(switch) == 1 and f"switch_to_{tab}()" in switch[0]
+
+
+def test_the_tab_loads_only_listed_models(webui_env, manager, tmp_path):
+    """Item 12 in the WebUI: the tab's model box takes typed text, but only listed models are loaded
+    (the check of the API and the app, ``CaptionService.checked_model``), before anything is fetched."""
+    from icg.batch.engine import BatchOptions
+    from icg.errors import ModelNotFound
+
+    env = webui_env.start(manager)
+    manager.unload()
+    typed = env.files["sbg_generator_dir"]  # a real model folder, but not one the WebUI lists
+    assert typed not in env.service.model_choices()
+    parts = env.adapter.tab.build_tab()
+    assert parts.panels.caption.model.label == "Model"  # no longer invites a path
+    caption = parts.panels.caption
+    values = [c.value for c in caption.decoding.inputs()] + [c.value for c in caption.prompt_inputs]
+    image = Image.new("RGB", (40, 30), (10, 90, 160))
+    with pytest.raises(gr.Error, match="unknown model.*import it in Image Caption > Models"):
+        caption.controller.caption_event(image, typed, *values)
+    with pytest.raises(ModelNotFound, match="unknown model"):
+        env.service.caption_keywords(["dog"], typed)
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    job = parts.panels.batch.controller.start(BatchOptions(root=folder, model=typed))
+    assert job.wait(120)
+    assert "unknown model" in job.snapshot()["error"] and not (folder / "img0.txt").exists()
+    assert manager.loaded()["captioners"] == []
+    assert env.shared.state.history == []  # refused before any WebUI job began
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True}], indirect=True)
+def test_the_api_pixel_cap_is_a_setting_read_per_request(webui_env, manager, caplog):
+    """Item 10: the API's cap on an image's pixels is the setting ``icg_upload_max_megapixels`` (rendered
+    from ``icg.options.UPLOAD_MAX_MEGAPIXELS``, whose default is the API's own), read on each request."""
+    import logging
+
+    from icg.api import UPLOAD_MAX_PIXELS
+    from icg.options import UPLOAD_MAX_MEGAPIXELS
+
+    env = webui_env.start(manager)
+    info = env.shared.opts.data_labels["icg_upload_max_megapixels"]
+    assert info.default == UPLOAD_MAX_MEGAPIXELS.default and info.default * 1_000_000 == UPLOAD_MAX_PIXELS
+    assert (info.component_args["minimum"], info.component_args["maximum"]) == (1, 178)
+    from icg.imaging import DEFAULT_MAX_PIXELS
+
+    assert UPLOAD_MAX_MEGAPIXELS.maximum * 1_000_000 <= DEFAULT_MAX_PIXELS  # below the batch limit
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    image = png_base64((1200, 1000))  # 1.2 megapixels
+    env.shared.opts.icg_upload_max_megapixels = 1
+    response = client.post("/icg/v1/caption", json={"image": image})
+    assert response.status_code == 413 and "limit 1000000" in response.json()["detail"]
+    env.shared.opts.icg_upload_max_megapixels = 2  # no restart: the next request reads it
+    assert client.post("/icg/v1/caption", json={"image": image}).status_code == 200
+    env.shared.opts.icg_upload_max_megapixels = 0  # an edited config.json: the default, with a warning
+    with caplog.at_level(logging.WARNING, logger="icg"):
+        assert client.post("/icg/v1/caption", json={"image": image}).status_code == 200
+    assert any("icg_upload_max_megapixels" in r.getMessage() for r in caplog.records)

@@ -332,10 +332,11 @@ def _model_dropdown(service: Any, defaults: UiDefaults, elem_id: str) -> tuple[A
 
     value = defaults.model or service.default_model()
     choices = list(dict.fromkeys([value, *service.model_choices()]))
+    paths = getattr(service, "allow_model_paths", True)  # a service of its own may take any path
     dropdown = gr.Dropdown(
         choices=choices,
         value=value,
-        label="Model (an id, or the path of a model file or folder)",
+        label="Model (an id, or the path of a model file or folder)" if paths else "Model",
         allow_custom_value=True,
         scale=2,
         elem_id=elem_id,
