@@ -6,6 +6,7 @@ auto-captions, driven with the fixture models."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -942,3 +943,87 @@ def test_the_api_pixel_cap_is_a_setting_read_per_request(webui_env, manager, cap
     with caplog.at_level(logging.WARNING, logger="icg"):
         assert client.post("/icg/v1/caption", json={"image": image}).status_code == 200
     assert any("icg_upload_max_megapixels" in r.getMessage() for r in caplog.records)
+
+
+def _upload_as(tmp_path, source, shape):
+    """``source`` as a ``gr.File`` passes an upload: gradio 3.41 a temporary file object (a random path,
+    the user's name in ``orig_name``), gradio 4+ the path (a folder of its own, the user's name)."""
+    import shutil
+    import types
+    import uuid
+
+    source = Path(source)
+    folder = tmp_path / "gradio" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    if shape == "gradio3":
+        path = folder / f"tmp{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(source, path)
+        return types.SimpleNamespace(name=str(path), orig_name=source.name)
+    path = folder / source.name
+    shutil.copyfile(source, path)
+    return str(path)
+
+
+def test_models_panel_imports_an_upload(webui_env, own_models, tmp_path, monkeypatch):
+    """Item 16: an upload (gr.File) is imported through the same importer as ``icg import``; type, size
+    and name problems are one line each, and an existing model is never replaced."""
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    models = parts.models
+    panel = env.adapter.models_panel
+    assert models.upload.elem_id == "icg_models_upload" and ".safetensors" in models.upload.file_types
+    on_upload = handler(parts.blocks, models.upload_button, models.status)
+    generator = sorted(Path(env.files["sbg_generator_dir"]).iterdir())
+    uploads = [_upload_as(tmp_path, p, "gradio3") for p in generator]
+    status, table_value, choices = on_upload(uploads, "up-sbg")
+    assert status.startswith("imported up-sbg (sbg)")
+    assert "up-sbg" in str(table_value) and "up-sbg" in choices["choices"]
+    installed = own_models.models_dir / "up-sbg"
+    before = {p.name: p.stat().st_mtime_ns for p in installed.iterdir()}
+
+    again = [_upload_as(tmp_path, p, "gradio4") for p in generator]
+    with pytest.raises(gr.Error, match="up-sbg already exists .*nothing was replaced"):
+        on_upload(again, "up-sbg")
+    assert {p.name: p.stat().st_mtime_ns for p in installed.iterdir()} == before
+    labels = [_upload_as(tmp_path, env.files[k], "gradio4") for k in ("all_labels_pkl", "encyclopedia_pkl")]
+    assert on_upload(labels, "up-vocab")[0].startswith("imported up-vocab (sbg-vocabulary)")
+
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for value, message in (
+        (None, "choose the file"),
+        ([_upload_as(tmp_path, tmp_path / "photo.png", "gradio4")], "photo.png: not a model file"),
+        ([_upload_as(tmp_path, tmp_path / "empty.pt", "gradio3")], "empty.pt: the upload is empty"),
+        (again[:1] * 2, "two uploaded files have the same name"),
+        (again, "give the model id"),
+    ):
+        with pytest.raises(gr.Error, match=message) as caught:
+            on_upload(value, "" if message == "give the model id" else "other")
+        assert "\n" not in str(caught.value)
+    monkeypatch.setattr(panel, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(gr.Error, match="more than an upload may hold"):
+        on_upload(again, "other")
+    assert not (own_models.models_dir / "other").exists()
+
+
+def test_model_lists_follow_the_models_folder(webui_env, own_models, files):
+    """Item 17: a model added while the WebUI runs appears in the model dropdowns: each checks the
+    models folder's signature (one directory scan) when it gets the focus, and lists afresh when it
+    changed."""
+    import shutil
+
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    watched = {}
+    for dropdown in (parts.panels.caption.model, parts.panels.batch.model, parts.models.model):
+        focus = handler(parts.blocks, dropdown, dropdown)
+        event = next(e for e in events(parts.blocks) if dropdown._id in e[0] and dropdown._id in e[2])
+        state = parts.blocks.blocks[event[1][1]]
+        update, seen = focus(dropdown.value, state.value)
+        assert "choices" not in update and seen == state.value  # nothing changed: nothing re-listed
+        watched[dropdown.elem_id] = (dropdown, focus, seen)
+    shutil.copytree(files["sbg_generator_dir"], own_models.models_dir / "added-later")
+    for dropdown, focus, seen in watched.values():
+        update, now = focus(dropdown.value, seen)
+        assert "added-later" in update["choices"] and dropdown.value in update["choices"] and now != seen
+        assert "choices" not in focus(dropdown.value, now)[0]

@@ -71,3 +71,17 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise ConfigError(f"can't create the folder {folder}: {err}") from err
     return folder
+
+
+def folder_signature(folder: str | os.PathLike[str]) -> tuple:
+    """A cheap fingerprint of a models folder (one directory scan): its path, its modification time and
+    each entry's name and modification time. It changes when a model folder is added, removed or renamed,
+    or when files land in one (an import, a download, a copy by hand), so a UI can list the models afresh
+    only then. An unreadable folder has a signature too (and changes when it becomes readable)."""
+    path = Path(folder)
+    try:
+        with os.scandir(path) as scan:
+            entries = tuple(sorted((e.name, e.stat(follow_symlinks=False).st_mtime_ns) for e in scan))
+        return (str(path), path.stat().st_mtime_ns, entries)
+    except OSError:
+        return (str(path), None, ())
