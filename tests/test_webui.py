@@ -352,12 +352,16 @@ def test_lowvram_moves_the_webui_models_out_and_ours_after(webui_env, manager, m
     assert lowvram.calls == 1 and offloads == [1]
 
 
-def test_failed_job_still_ends_the_state_job(webui_env, manager):
+def test_failed_job_still_ends_the_state_job(webui_env, manager, monkeypatch):
     env = webui_env.start(manager)
     from icg.errors import IcgError
 
-    with pytest.raises(IcgError):
-        env.service.caption(Image.new("RGB", (32, 32)), "no-such-model")
+    def failing(*args, **kwargs):
+        raise IcgError("the model failed")
+
+    monkeypatch.setattr("icg.pipeline.caption_images", failing)  # a listed model, failing in the job
+    with pytest.raises(IcgError, match="the model failed"):
+        env.service.caption(Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"])
     assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
     assert not env.service.lock.held_here
 
@@ -1027,3 +1031,11 @@ def test_model_lists_follow_the_models_folder(webui_env, own_models, files):
         update, now = focus(dropdown.value, seen)
         assert "added-later" in update["choices"] and dropdown.value in update["choices"] and now != seen
         assert "choices" not in focus(dropdown.value, now)[0]
+
+
+def test_every_model_setting_can_list_the_models_afresh(webui_env):
+    """The settings' model dropdowns have the WebUI's refresh button (a model imported since)."""
+    env = webui_env.start()
+    labels = env.shared.opts.data_labels
+    for key in ("icg_default_model", "icg_img2img_model", "icg_autocaption_model"):
+        assert labels[key].refresh is env.adapter.settings.model_choices, key

@@ -171,7 +171,11 @@ def on_ui_settings() -> None:
             DEFAULT_MODEL, "Default captioning model", gr.Dropdown, model_args, refresh=model_choices
         ),
         "icg_img2img_model": info(
-            DEFAULT_CHOICE, "Model of the img2img caption button", gr.Dropdown, model_or_default_args
+            DEFAULT_CHOICE,
+            "Model of the img2img caption button",
+            gr.Dropdown,
+            model_or_default_args,
+            refresh=model_choices,  # a model imported since the page loaded
         ),
         "icg_strategy": rendered("strategy"),
         "icg_num_beams": rendered("num_beams", " (beam search)"),
@@ -195,7 +199,11 @@ def on_ui_settings() -> None:
         "icg_allow_download": info(True, "Download missing models when they are first used"),
         "icg_autocaption": info(False, "Write a caption file beside every generated image"),
         "icg_autocaption_model": info(
-            DEFAULT_CHOICE, "Model for those caption files", gr.Dropdown, model_or_default_args
+            DEFAULT_CHOICE,
+            "Model for those caption files",
+            gr.Dropdown,
+            model_or_default_args,
+            refresh=model_choices,
         ),
         "icg_upload_max_megapixels": rendered("upload_max_megapixels", " (with --api)"),
     }
