@@ -363,7 +363,7 @@ def _wire_refresh(button: Any, dropdown: Any, service: Any) -> None:
     wire_model_refresh(button.click, dropdown, service)
 
 
-def models_signature(service: Any) -> tuple:
+def models_signature(service: Any) -> str:
     """``icg.models.paths.folder_signature`` of the service's models folder (as it is now: the WebUI's
     follows its settings)."""
     from icg.models.paths import folder_signature
