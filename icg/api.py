@@ -58,7 +58,18 @@ from icg.errors import (
 )
 from icg.jobs import JobNotFound, JobRegistry, batch_work
 from icg.jobs import registry as process_registry
-from icg.options import BATCH, CAPTION, DECODING, MAX_KEYWORDS, TEMPLATE, CaptionOptions, Option, OptionGroup
+from icg.options import (
+    BATCH,
+    CAPTION,
+    DECODING,
+    MAX_KEYWORDS,
+    TEMPLATE,
+    UPLOAD_MAX_MEGAPIXELS,
+    CaptionOptions,
+    Option,
+    OptionGroup,
+)
+from icg.ui.service import offered_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +77,9 @@ API_PREFIX = "/icg/v1"
 MAX_IMAGE_CHARS = 100_000_000  # base64 characters (~75 MB of image file)
 #: The largest request body read (bytes): the largest image plus room for the other fields; more is a 413.
 MAX_REQUEST_BYTES = MAX_IMAGE_CHARS + 1_000_000
-#: The most pixels an uploaded image may have (well below the batch limit, ``DEFAULT_MAX_PIXELS``):
-#: checked from the image's header before its pixels are decoded; more is a 413.
-UPLOAD_MAX_PIXELS = 40_000_000
+#: The most pixels an uploaded image may have by default (``icg.options.UPLOAD_MAX_MEGAPIXELS``): checked
+#: from the image's header before its pixels are decoded; more is a 413.
+UPLOAD_MAX_PIXELS = UPLOAD_MAX_MEGAPIXELS.default * 1_000_000
 #: How many requests may hold a decoded image at once (decoding through captioning); others wait.
 DECODE_SLOTS = 2
 #: The longest text of a request's value that a 422 quotes back (the rest is cut).
@@ -515,16 +526,6 @@ def describe_models(service: Any) -> dict[str, Any]:
     }
 
 
-def offered_model(service: Any, model: str | None) -> str:
-    """``model`` (or the default) if it is one of ``service.model_choices()``; ``ModelNotFound`` otherwise.
-    The API and the standalone app load only the models they list, never any path a client names."""
-    name = model or service.default_model()
-    choices = service.model_choices()
-    if name not in choices:
-        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(choices)}")
-    return name
-
-
 def check_model(service: Any, model: str | None) -> str:
     """``offered_model``, or a 404 that says where the list is."""
     try:
@@ -543,7 +544,7 @@ def mount_api(
     hide_dirs: bool = False,
     jobs: JobRegistry | None = None,
     prefix: str = API_PREFIX,
-    max_pixels: int | None = UPLOAD_MAX_PIXELS,
+    max_pixels: int | Callable[[], int | None] | None = UPLOAD_MAX_PIXELS,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     decode_slots: int = DECODE_SLOTS,
 ) -> APIRouter:
@@ -555,9 +556,10 @@ def mount_api(
     (default: the process's ``icg.jobs.registry()``, which the Batch tab and auto-captioning share; kept
     as ``router.jobs``). ``GET /batch`` lists every job of it, the tab's too.
 
-    Memory: an uploaded image with more than ``max_pixels`` pixels (None: only Pillow's own limit) is a
-    413 before its pixels are decoded, so is a request body over ``max_request_bytes``; at most
-    ``decode_slots`` requests hold a decoded image at once (from decoding to the caption; kept as
+    Memory: an uploaded image with more than ``max_pixels`` pixels (None: only Pillow's own limit; a
+    callable: asked on each request, inside the service's ``snapshot`` of its settings, as the WebUI's
+    setting is) is a 413 before its pixels are decoded, so is a request body over ``max_request_bytes``;
+    at most ``decode_slots`` requests hold a decoded image at once (from decoding to the caption; kept as
     ``router.decode_slots``), the others wait for a slot.
     """
     if decode_slots < 1:
@@ -606,7 +608,8 @@ def mount_api(
             overrides = decoding_overrides(request.decoding, request.num_candidates)
             options = CaptionOptions(style=request.style, force=request.force or (), ban=request.ban or ())
             with slots if request.image is not None else contextlib.nullcontext():
-                image = decode_image(request.image, max_pixels) if request.image is not None else None
+                limit = max_pixels() if callable(max_pixels) else max_pixels
+                image = decode_image(request.image, limit) if request.image is not None else None
                 with lock:
                     if keywords:
                         result = service.caption_keywords(keywords, model, overrides, options, image=image)

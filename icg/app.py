@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from icg.errors import ConfigError, IcgError, ModelNotFound
+from icg.errors import ConfigError, IcgError
 from icg.ui.service import CaptionService
 
 logger = logging.getLogger(__name__)
@@ -36,37 +36,10 @@ def require_gradio() -> Any:
 class AppService(CaptionService):
     """The app's ``CaptionService``: like the API, it loads only the models its lists offer (the
     ``--model`` ones, the registry's, the local model folders), whatever model name or path a client
-    sends; ``allow_model_paths`` (``icg app --allow-model-paths``) lets a typed path through as well."""
+    sends (``CaptionService.checked_model``); ``allow_model_paths`` (``icg app --allow-model-paths``) lets
+    a typed path through as well."""
 
-    def __init__(self, manager: Any, *, allow_model_paths: bool = False, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.allow_model_paths = allow_model_paths
-
-    def checked_model(self, model: str) -> str:
-        """``model`` if it may be loaded here, else a ``ModelNotFound`` that names the flag."""
-        if self.allow_model_paths:
-            return model
-        from icg.api import offered_model
-
-        try:
-            return offered_model(self, model)
-        except ModelNotFound as err:
-            hint = "to load other paths, start the app with --allow-model-paths"
-            raise ModelNotFound(f"{err}; {hint}") from None
-
-    def caption(self, image: Any, model: str, *args: Any, **kwargs: Any) -> Any:
-        return super().caption(image, self.checked_model(model), *args, **kwargs)
-
-    def caption_keywords(self, keywords: Sequence[str], model: str, *args: Any, **kwargs: Any) -> Any:
-        return super().caption_keywords(keywords, self.checked_model(model), *args, **kwargs)
-
-    def plan_batch(self, options: Any) -> Any:
-        self.checked_model(options.model)
-        return super().plan_batch(options)
-
-    def run_batch(self, options: Any, **kwargs: Any) -> Any:
-        self.checked_model(options.model)
-        return super().run_batch(options, **kwargs)
+    model_paths_hint = "to load other paths, start the app with --allow-model-paths"
 
 
 def create_app(

@@ -130,6 +130,9 @@ class ClipEncoder:
                 raise ConfigError(
                     f"{config}: an open_clip model config needs embed_dim, vision_cfg, text_cfg"
                 )
+            from icg.captioners.limits import check_open_clip_config
+
+            check_open_clip_config(cfg, str(config))  # sane sizes before open_clip builds anything
             open_clip.add_model_config(config)
         pretrained = None if spec.weights_path else spec.pretrained
         log.info("loading CLIP %s on %s (%s)", spec.id, device, dtype)

@@ -272,6 +272,16 @@ BATCH = OptionGroup(
     ),
 )
 
+# ---------------------------------------------------------------------------------- HTTP API limits
+#: The largest image the HTTP API takes, in megapixels: read from the image's header before its pixels
+#: are decoded (``icg.api``; more is a 413). Well below the batch limit (``icg.imaging.DEFAULT_MAX_PIXELS``,
+#: about 179 MP, the top of this range): requests run in parallel and their images add up. The WebUI
+#: renders it as a setting, read per request.
+UPLOAD_MAX_MEGAPIXELS = Option(
+    "upload_max_megapixels", int, 40, "an image sent to the HTTP API with more pixels is refused before "
+    "it is decoded (parallel requests add up)", "HTTP API: largest image (megapixels)", 1, 178, step=1,
+)
+
 GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH)
 
 

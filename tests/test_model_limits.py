@@ -112,3 +112,88 @@ def test_a_missing_size_is_named():
 def test_gpt2_xl_passes():
     xl = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 1600, "n_layer": 48, "n_head": 25}
     limits.check_gpt2_config(xl, "gpt2-xl")
+
+
+# ------------------------------------------------------------------------------------------ icg train
+class _Tokenizer:
+    """What ``load_lm`` asks of a tokenizer."""
+
+    eos_token_id = 0
+
+    def __len__(self) -> int:
+        return 100
+
+
+@pytest.mark.parametrize(("name", "value", "message"), ABSURD_LM[1:5])
+def test_train_lm_config_sizes(tmp_path, name, value, message):
+    """``icg train --lm-config FILE``: a random GPT-2 of absurd size is refused before it is built."""
+    from icg.train.lm import load_lm
+
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"n_layer": 2, "n_head": 2, "n_embd": 16, name: value}), encoding="utf-8")
+    with pytest.raises(CheckpointError) as info:
+        load_lm(_Tokenizer(), lm_config=str(path))
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+def test_train_lm_config_that_is_not_an_object(tmp_path):
+    from icg.errors import ConfigError
+    from icg.train.lm import load_lm
+
+    path = tmp_path / "lm.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"^{path}: a GPT-2 config must be a JSON object, not list$"):
+        load_lm(_Tokenizer(), lm_config=str(path))
+
+
+def test_train_from_a_gpt2_folder_checks_its_sizes(fixture_files, tmp_path):
+    """``icg train --lm FOLDER`` and ``icg train sbg --init MODEL`` (which starts from the model's GPT-2
+    folder) go through ``load_lm``: an absurd config.json is refused before transformers builds it."""
+    from icg.train.lm import load_lm
+
+    folder = _edited(Path(fixture_files["sbg_generator_dir"]), tmp_path / "g", None, "n_layer", 100_000)
+    with pytest.raises(CheckpointError) as info:
+        load_lm(_Tokenizer(), lm=str(folder))
+    assert str(info.value) == f"{folder / 'config.json'}: n_layer must be 1 to 256, not 100000"
+
+
+# ------------------------------------------------------------------------------------------ open_clip
+def _clip_folder(src: Path, dest: Path, changes: dict) -> Path:
+    shutil.copytree(src, dest)
+    (config,) = dest.glob("*.json")
+    data = json.loads(config.read_text(encoding="utf-8"))
+    for field, value in changes.items():
+        section, _, name = field.rpartition(".")
+        (data[section] if section else data)[name] = value
+    config.write_text(json.dumps(data), encoding="utf-8")
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"vision_cfg.layers": 100_000}, "vision_cfg.layers must be 1 to 256, not 100000"),
+        ({"text_cfg.vocab_size": 10**12}, "text_cfg.vocab_size must be 1 to 1000000, not 1000000000000"),
+        ({"embed_dim": -4}, "embed_dim must be 1 to 16384, not -4"),
+        ({"vision_cfg.width": 12.5}, "vision_cfg.width must be a whole number, not 12.5"),
+        ({"vision_cfg.image_size": [64, 0]}, "vision_cfg.image_size[1] must be 1 to 4096, not 0"),
+        ({"vision_cfg.mlp_ratio": float("nan")}, "vision_cfg.mlp_ratio must be a number above 0"),
+        ({"text_cfg.width": 16_384, "text_cfg.layers": 256}, "a CLIP of about 825 billion"),
+    ],
+)
+def test_a_local_clip_config_with_absurd_sizes(fixture_files, tmp_path, changes, message):
+    """A local CLIP folder's open_clip config is checked before open_clip builds the model."""
+    from icg.clip_encoder import ClipEncoder, spec_from_folder
+
+    folder = _clip_folder(Path(fixture_files["clip_dir"]), tmp_path / "clip", changes)
+    (config,) = folder.glob("*.json")
+    with pytest.raises(CheckpointError) as info:
+        ClipEncoder.load(spec_from_folder(folder), device="cpu")
+    assert str(info.value).startswith(f"{config}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_open_clip_configs_of_published_models_pass():
+    open_clip = pytest.importorskip("open_clip")
+    for arch in ("ViT-B-32", "ViT-L-14", "RN50", "ViT-bigG-14"):
+        limits.check_open_clip_config(open_clip.get_model_config(arch), arch)

@@ -6,6 +6,7 @@ auto-captions, driven with the fixture models."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -43,6 +44,7 @@ ICG_KEYS = {
     "icg_allow_download",
     "icg_autocaption",
     "icg_autocaption_model",
+    "icg_upload_max_megapixels",
 }
 
 
@@ -350,12 +352,16 @@ def test_lowvram_moves_the_webui_models_out_and_ours_after(webui_env, manager, m
     assert lowvram.calls == 1 and offloads == [1]
 
 
-def test_failed_job_still_ends_the_state_job(webui_env, manager):
+def test_failed_job_still_ends_the_state_job(webui_env, manager, monkeypatch):
     env = webui_env.start(manager)
     from icg.errors import IcgError
 
-    with pytest.raises(IcgError):
-        env.service.caption(Image.new("RGB", (32, 32)), "no-such-model")
+    def failing(*args, **kwargs):
+        raise IcgError("the model failed")
+
+    monkeypatch.setattr("icg.pipeline.caption_images", failing)  # a listed model, failing in the job
+    with pytest.raises(IcgError, match="the model failed"):
+        env.service.caption(Image.new("RGB", (32, 32)), env.files["clip_prefix_pt"])
     assert env.shared.state.history == [("begin", "icg-caption"), ("end", "icg-caption")]
     assert not env.service.lock.held_here
 
@@ -848,3 +854,188 @@ def test_interrupt_and_skip_stop_a_tab_batch(webui_env, manager, tmp_path, monke
     assert summary["stopped"] and summary["captioned"] == 1
     assert sorted(p.name for p in folder.glob("*.txt")) == ["img0.txt"]
     assert env.shared.state.history[-1] == ("end", "icg-batch")
+
+
+# ------------------------------------------------------------------------------------------ issue 11, rest
+def _gradio_major() -> int:
+    return int(gr.__version__.split(".")[0])
+
+
+@pytest.mark.parametrize("host_gradio", ["plain", "forge"])
+def test_append_buttons_switch_to_their_tab(webui_env, manager, monkeypatch, host_gradio):
+    """Item 18: each Append button fills its prompt box and switches to its tab (the WebUI's own
+    ``switch_to_txt2img``/``switch_to_img2img`` of javascript/ui.js), on A1111 and under Forge, whose
+    ``EventWrapper`` around every listener hid the ``js`` argument (all ICG JavaScript was dropped)."""
+    env = webui_env.start(manager)
+    if host_gradio == "forge":
+        if _gradio_major() < 4:
+            pytest.skip("Forge runs gradio 4")
+        from modules.gradio_extensions import EventWrapper, repaired_init
+
+        monkeypatch.setattr(gr.Button, "__init__", repaired_init(gr.Button))
+    with gr.Blocks():
+        prompts = {}
+        for elem_id in ("txt2img_prompt", "img2img_prompt"):
+            prompts[elem_id] = gr.Textbox(elem_id=elem_id)
+            env.callbacks.after_component_callback(prompts[elem_id], elem_id=elem_id)
+    parts = env.adapter.tab.build_tab()
+    for tab in ("txt2img", "img2img"):
+        button = parts.append_buttons[tab]
+        if host_gradio == "forge":
+            assert isinstance(button.click, EventWrapper)
+            assert env.adapter.host.js_kwargs(button.click, "f") == {"js": "f"}  # the img2img button's too
+        scripts = [e[3] or "" for e in events(parts.blocks) if button._id in e[0]]
+        assert any("icgInsertAtCursor" in js for js in scripts), scripts
+        switch = [js for js in scripts if f"switch_to_{tab}" in js]
+        assert len(switch) == 1 and f"switch_to_{tab}()" in switch[0]
+
+
+def test_the_tab_loads_only_listed_models(webui_env, manager, tmp_path):
+    """Item 12 in the WebUI: the tab's model box takes typed text, but only listed models are loaded
+    (the check of the API and the app, ``CaptionService.checked_model``), before anything is fetched."""
+    from icg.batch.engine import BatchOptions
+    from icg.errors import ModelNotFound
+
+    env = webui_env.start(manager)
+    manager.unload()
+    typed = env.files["sbg_generator_dir"]  # a real model folder, but not one the WebUI lists
+    assert typed not in env.service.model_choices()
+    parts = env.adapter.tab.build_tab()
+    assert parts.panels.caption.model.label == "Model"  # no longer invites a path
+    caption = parts.panels.caption
+    values = [c.value for c in caption.decoding.inputs()] + [c.value for c in caption.prompt_inputs]
+    image = Image.new("RGB", (40, 30), (10, 90, 160))
+    with pytest.raises(gr.Error, match="unknown model.*import it in Image Caption > Models"):
+        caption.controller.caption_event(image, typed, *values)
+    with pytest.raises(ModelNotFound, match="unknown model"):
+        env.service.caption_keywords(["dog"], typed)
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    job = parts.panels.batch.controller.start(BatchOptions(root=folder, model=typed))
+    assert job.wait(120)
+    assert "unknown model" in job.snapshot()["error"] and not (folder / "img0.txt").exists()
+    assert manager.loaded()["captioners"] == []
+    assert env.shared.state.history == []  # refused before any WebUI job began
+
+
+@pytest.mark.parametrize("webui_env", [{"api": True}], indirect=True)
+def test_the_api_pixel_cap_is_a_setting_read_per_request(webui_env, manager, caplog):
+    """Item 10: the API's cap on an image's pixels is the setting ``icg_upload_max_megapixels`` (rendered
+    from ``icg.options.UPLOAD_MAX_MEGAPIXELS``, whose default is the API's own), read on each request."""
+    import logging
+
+    from icg.api import UPLOAD_MAX_PIXELS
+    from icg.options import UPLOAD_MAX_MEGAPIXELS
+
+    env = webui_env.start(manager)
+    info = env.shared.opts.data_labels["icg_upload_max_megapixels"]
+    assert info.default == UPLOAD_MAX_MEGAPIXELS.default and info.default * 1_000_000 == UPLOAD_MAX_PIXELS
+    assert (info.component_args["minimum"], info.component_args["maximum"]) == (1, 178)
+    from icg.imaging import DEFAULT_MAX_PIXELS
+
+    assert UPLOAD_MAX_MEGAPIXELS.maximum * 1_000_000 <= DEFAULT_MAX_PIXELS  # below the batch limit
+    app = FastAPI()
+    env.callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    image = png_base64((1200, 1000))  # 1.2 megapixels
+    env.shared.opts.icg_upload_max_megapixels = 1
+    response = client.post("/icg/v1/caption", json={"image": image})
+    assert response.status_code == 413 and "limit 1000000" in response.json()["detail"]
+    env.shared.opts.icg_upload_max_megapixels = 2  # no restart: the next request reads it
+    assert client.post("/icg/v1/caption", json={"image": image}).status_code == 200
+    env.shared.opts.icg_upload_max_megapixels = 0  # an edited config.json: the default, with a warning
+    with caplog.at_level(logging.WARNING, logger="icg"):
+        assert client.post("/icg/v1/caption", json={"image": image}).status_code == 200
+    assert any("icg_upload_max_megapixels" in r.getMessage() for r in caplog.records)
+
+
+def _upload_as(tmp_path, source, shape):
+    """``source`` as a ``gr.File`` passes an upload: gradio 3.41 a temporary file object (a random path,
+    the user's name in ``orig_name``), gradio 4+ the path (a folder of its own, the user's name)."""
+    import shutil
+    import types
+    import uuid
+
+    source = Path(source)
+    folder = tmp_path / "gradio" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    if shape == "gradio3":
+        path = folder / f"tmp{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(source, path)
+        return types.SimpleNamespace(name=str(path), orig_name=source.name)
+    path = folder / source.name
+    shutil.copyfile(source, path)
+    return str(path)
+
+
+def test_models_panel_imports_an_upload(webui_env, own_models, tmp_path, monkeypatch):
+    """Item 16: an upload (gr.File) is imported through the same importer as ``icg import``; type, size
+    and name problems are one line each, and an existing model is never replaced."""
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    models = parts.models
+    panel = env.adapter.models_panel
+    assert models.upload.elem_id == "icg_models_upload" and ".safetensors" in models.upload.file_types
+    on_upload = handler(parts.blocks, models.upload_button, models.status)
+    generator = sorted(Path(env.files["sbg_generator_dir"]).iterdir())
+    uploads = [_upload_as(tmp_path, p, "gradio3") for p in generator]
+    status, table_value, choices = on_upload(uploads, "up-sbg")
+    assert status.startswith("imported up-sbg (sbg)")
+    assert "up-sbg" in str(table_value) and "up-sbg" in choices["choices"]
+    installed = own_models.models_dir / "up-sbg"
+    before = {p.name: p.stat().st_mtime_ns for p in installed.iterdir()}
+
+    again = [_upload_as(tmp_path, p, "gradio4") for p in generator]
+    with pytest.raises(gr.Error, match="up-sbg already exists .*nothing was replaced"):
+        on_upload(again, "up-sbg")
+    assert {p.name: p.stat().st_mtime_ns for p in installed.iterdir()} == before
+    labels = [_upload_as(tmp_path, env.files[k], "gradio4") for k in ("all_labels_pkl", "encyclopedia_pkl")]
+    assert on_upload(labels, "up-vocab")[0].startswith("imported up-vocab (sbg-vocabulary)")
+
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for value, message in (
+        (None, "choose the file"),
+        ([_upload_as(tmp_path, tmp_path / "photo.png", "gradio4")], "photo.png: not a model file"),
+        ([_upload_as(tmp_path, tmp_path / "empty.pt", "gradio3")], "empty.pt: the upload is empty"),
+        (again[:1] * 2, "two uploaded files have the same name"),
+        (again, "give the model id"),
+    ):
+        with pytest.raises(gr.Error, match=message) as caught:
+            on_upload(value, "" if message == "give the model id" else "other")
+        assert "\n" not in str(caught.value)
+    monkeypatch.setattr(panel, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(gr.Error, match="more than an upload may hold"):
+        on_upload(again, "other")
+    assert not (own_models.models_dir / "other").exists()
+
+
+def test_model_lists_follow_the_models_folder(webui_env, own_models, files):
+    """Item 17: a model added while the WebUI runs appears in the model dropdowns: each checks the
+    models folder's signature (one directory scan) when it gets the focus, and lists afresh when it
+    changed."""
+    import shutil
+
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    watched = {}
+    for dropdown in (parts.panels.caption.model, parts.panels.batch.model, parts.models.model):
+        focus = handler(parts.blocks, dropdown, dropdown)
+        event = next(e for e in events(parts.blocks) if dropdown._id in e[0] and dropdown._id in e[2])
+        state = parts.blocks.blocks[event[1][1]]
+        update, seen = focus(dropdown.value, state.value)
+        assert "choices" not in update and seen == state.value  # nothing changed: nothing re-listed
+        watched[dropdown.elem_id] = (dropdown, focus, seen)
+    shutil.copytree(files["sbg_generator_dir"], own_models.models_dir / "added-later")
+    for dropdown, focus, seen in watched.values():
+        update, now = focus(dropdown.value, seen)
+        assert "added-later" in update["choices"] and dropdown.value in update["choices"] and now != seen
+        assert "choices" not in focus(dropdown.value, now)[0]
+
+
+def test_every_model_setting_can_list_the_models_afresh(webui_env):
+    """The settings' model dropdowns have the WebUI's refresh button (a model imported since)."""
+    env = webui_env.start()
+    labels = env.shared.opts.data_labels
+    for key in ("icg_default_model", "icg_img2img_model", "icg_autocaption_model"):
+        assert labels[key].refresh is env.adapter.settings.model_choices, key

@@ -71,3 +71,21 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise ConfigError(f"can't create the folder {folder}: {err}") from err
     return folder
+
+
+def folder_signature(folder: str | os.PathLike[str]) -> str:
+    """A cheap fingerprint of a models folder (one directory scan): a digest of its path, its modification
+    time and each entry's name and modification time. It changes when a model folder is added, removed or
+    renamed, or when files land in one (an import, a download, a copy by hand), so a UI can list the
+    models afresh only then. A string, so it survives a UI's state (gradio 4 turns tuples into lists);
+    an unreadable folder has a signature too (and changes when it becomes readable)."""
+    import hashlib
+
+    path = Path(folder)
+    try:
+        with os.scandir(path) as scan:
+            entries = sorted((e.name, e.stat(follow_symlinks=False).st_mtime_ns) for e in scan)
+        facts = (str(path), path.stat().st_mtime_ns, entries)
+    except OSError:
+        facts = (str(path), None, [])
+    return hashlib.sha256(repr(facts).encode("utf-8", "surrogateescape")).hexdigest()

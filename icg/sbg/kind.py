@@ -26,7 +26,7 @@ from icg.captioners.kinds import (
     read_state,
     tensor_shapes,
 )
-from icg.captioners.limits import check_gpt2_config
+from icg.captioners.limits import check_gpt2_config, check_gpt2_folder
 from icg.errors import CheckpointError, ConfigError
 from icg.sinks import atomic_write_json
 
@@ -117,9 +117,7 @@ def _describe(folder: Path) -> str:
 def _load(name: str, resolved, manager):
     from icg.sbg.captioner import load_sbg_captioner
 
-    folder = Path(resolved.path)
-    if folder.is_dir() and (folder / "config.json").is_file():  # the loader reports what is missing
-        check_gpt2_config(read_json(folder / "config.json"), str(folder / "config.json"))
+    check_gpt2_folder(resolved.path)  # the loader reports a missing config in its own words
     return load_sbg_captioner(name, resolved, manager)
 
 

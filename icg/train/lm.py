@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from icg.captioners.limits import check_gpt2_config, check_gpt2_folder
 from icg.errors import CheckpointError, ConfigError, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -54,20 +55,34 @@ def load_lm(
                     f"--lm-config {lm_config!r}: neither a preset ({', '.join(LM_PRESETS)}) nor a readable "
                     f"GPT-2 config.json ({err})"
                 ) from err
+            if not isinstance(fields, dict):
+                kind = type(fields).__name__
+                raise ConfigError(f"{path}: a GPT-2 config must be a JSON object, not {kind}")
             if fields.get("model_type", "gpt2") != "gpt2":
                 raise ConfigError(f"{path}: model_type {fields.get('model_type')!r}; only GPT-2 is supported")
         eos = tokenizer.eos_token_id
         fields.update(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos)
         for key in ("architectures", "model_type", "transformers_version", "_name_or_path", "torch_dtype"):
             fields.pop(key, None)
+        where = f"--lm-config {lm_config}" if lm_config in LM_PRESETS else str(Path(lm_config).expanduser())
+        # Sane sizes before anything is built: as written (GPT2Config's defaults filled in), then as
+        # GPT2Config read them (it also takes aliases such as num_hidden_layers).
+        check_gpt2_config({**GPT2Config().to_dict(), **fields}, where)
+        try:
+            config = GPT2Config(**fields)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: not a GPT-2 config ({err})") from err
+        check_gpt2_config(config.to_dict(), where)
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(GPT2Config(**fields))
+        model = GPT2LMHeadModel(config)
         log.info("randomly initialised GPT-2 (%s, %.1fM parameters)", lm_config, _millions(model))
         return model
 
     name = lm or DEFAULT_LM
     path = Path(name).expanduser()
     source = str(path) if path.is_dir() else name
+    if path.is_dir():  # --lm FOLDER, `train sbg --init`: sane sizes before transformers builds it
+        check_gpt2_folder(path)
     try:
         model = GPT2LMHeadModel.from_pretrained(
             source, local_files_only=not (allow_download or path.is_dir())

@@ -16,7 +16,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _parameters(func: Any) -> frozenset[str]:
+def parameters(func: Any) -> frozenset[str]:
+    """The parameter names of ``func`` (empty where they can't be read)."""
     try:
         return frozenset(inspect.signature(func).parameters)
     except (TypeError, ValueError):  # pragma: no cover - C callables
@@ -31,7 +32,7 @@ def copy_button_kwargs() -> dict[str, Any]:
     """
     import gradio as gr
 
-    params = _parameters(gr.Textbox.__init__)
+    params = parameters(gr.Textbox.__init__)
     if "show_copy_button" in params:
         return {"show_copy_button": True}
     if "buttons" in params:
@@ -45,7 +46,7 @@ def enable_queue(demo: Any, concurrency: int = 4) -> Any:
     gradio 3.x: ``queue(concurrency_count=N)`` (one worker pool for every event); gradio 4+:
     ``queue(default_concurrency_limit=N)`` (a limit per event).
     """
-    params = _parameters(demo.queue)
+    params = parameters(demo.queue)
     # gradio 4 still names concurrency_count (to raise a DeprecationWarning): test the new name first.
     if "default_concurrency_limit" in params:
         return demo.queue(default_concurrency_limit=concurrency)
@@ -59,14 +60,14 @@ def blocks_kwargs(title: str) -> dict[str, Any]:
     import gradio as gr
 
     kwargs: dict[str, Any] = {"title": title}
-    if "analytics_enabled" in _parameters(gr.Blocks.__init__):
+    if "analytics_enabled" in parameters(gr.Blocks.__init__):
         kwargs["analytics_enabled"] = False
     return kwargs
 
 
 def launch_kwargs(demo: Any, **wanted: Any) -> dict[str, Any]:
     """``wanted`` without the arguments this gradio's ``launch`` does not take (logged at debug level)."""
-    params = _parameters(demo.launch)
+    params = parameters(demo.launch)
     dropped = sorted(set(wanted) - params)
     if dropped:
         logger.debug("gradio launch() takes no %s here; left out", ", ".join(dropped))

@@ -332,15 +332,17 @@ def _model_dropdown(service: Any, defaults: UiDefaults, elem_id: str) -> tuple[A
 
     value = defaults.model or service.default_model()
     choices = list(dict.fromkeys([value, *service.model_choices()]))
+    paths = getattr(service, "allow_model_paths", True)  # a service of its own may take any path
     dropdown = gr.Dropdown(
         choices=choices,
         value=value,
-        label="Model (an id, or the path of a model file or folder)",
+        label="Model (an id, or the path of a model file or folder)" if paths else "Model",
         allow_custom_value=True,
         scale=2,
         elem_id=elem_id,
     )
     refresh = gr.Button("Refresh list", scale=0, min_width=80, elem_id=f"{elem_id}_refresh")
+    watch_models_folder(dropdown, service)
     return dropdown, refresh
 
 
@@ -359,6 +361,34 @@ def wire_model_refresh(event: Any, dropdown: Any, service: Any) -> None:
 
 def _wire_refresh(button: Any, dropdown: Any, service: Any) -> None:
     wire_model_refresh(button.click, dropdown, service)
+
+
+def models_signature(service: Any) -> str:
+    """``icg.models.paths.folder_signature`` of the service's models folder (as it is now: the WebUI's
+    follows its settings)."""
+    from icg.models.paths import folder_signature
+
+    return folder_signature(service.manager.models_dir)
+
+
+def watch_models_folder(dropdown: Any, service: Any, events: tuple[Any, ...] = ()) -> Any:
+    """Refresh ``dropdown``'s choices when the models folder changed since this page listed them (a model
+    imported, downloaded or copied while the server runs): checked with one directory scan when the
+    dropdown gets the focus and on each of ``events`` (e.g. a tab's ``select``). Returns the page's
+    ``gr.State`` holding the signature it last listed."""
+    import gradio as gr
+
+    seen = gr.State(models_signature(service))
+
+    def check(current: str, signature: Any) -> tuple[Any, Any]:
+        now = models_signature(service)
+        if now == signature:
+            return gr.update(), signature
+        return model_choices_update(service, current), now
+
+    for event in (dropdown.focus, *events):
+        event(check, inputs=[dropdown, seen], outputs=[dropdown, seen], queue=False)
+    return seen
 
 
 def option_control(option: Option, value: Any, elem_id: str, empty: str | None = None) -> Any:

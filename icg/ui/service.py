@@ -13,7 +13,7 @@ from dataclasses import make_dataclass
 from typing import Any, Optional
 
 from icg.captioners.result import CaptionResult
-from icg.errors import ConfigError, IcgError
+from icg.errors import ConfigError, IcgError, ModelNotFound
 from icg.options import (
     BATCH,
     BATCH_TEMPLATE,
@@ -75,8 +75,13 @@ class CaptionService:
 
     ``models`` are offered first in the model list (paths or ids given on the command line);
     ``default_model`` is preselected (default: the first of ``models``, else ``clip-prefix-flickr8k``).
-    Errors a user can cause surface as ``IcgError``; the panels show their message.
+    Only the models of ``model_choices`` are loaded, whatever name or path a client sends (a dropdown
+    does not stop a request); ``allow_model_paths`` lets any model through. Errors a user can cause
+    surface as ``IcgError``; the panels show their message.
     """
+
+    #: Added to the refusal of an unlisted model: how this front end lets other paths through.
+    model_paths_hint = ""
 
     def __init__(
         self,
@@ -85,11 +90,13 @@ class CaptionService:
         models: Sequence[str] = (),
         default_model: str | None = None,
         batch_size: int = 8,
+        allow_model_paths: bool = False,
     ) -> None:
         self.manager = manager
         self.extra_models = [str(m) for m in models]
         self._default = default_model or (self.extra_models[0] if self.extra_models else DEFAULT_MODEL)
         self.batch_size = batch_size
+        self.allow_model_paths = allow_model_paths
 
     # ------------------------------------------------------------------------------------ models
     def default_model(self) -> str:
@@ -99,6 +106,17 @@ class CaptionService:
         """The extra models, the default, then the captioners of the model inventory
         (``icg.models.inventory``: the registry's, installed or not, then local model folders)."""
         return _unique([*self.extra_models, self._default, *_inventory_captioners(self.manager)])
+
+    def checked_model(self, model: str | None) -> str:
+        """``model`` if it may be loaded here (see the class), else a ``ModelNotFound`` with the hint."""
+        if self.allow_model_paths and model:
+            return model
+        try:
+            return offered_model(self, model)
+        except ModelNotFound as err:
+            if not self.model_paths_hint:
+                raise
+            raise ModelNotFound(f"{err}; {self.model_paths_hint}") from None
 
     # ------------------------------------------------------------------------------------ captions
     def caption(
@@ -113,6 +131,7 @@ class CaptionService:
 
         if image is None:
             raise ConfigError("no image: upload or paste an image first")
+        model = self.checked_model(model)
         return caption_images(self.manager, model, [image], decoding=decoding, options=options)[0]
 
     def caption_keywords(
@@ -128,13 +147,14 @@ class CaptionService:
         from icg.pipeline import caption_keywords
 
         return caption_keywords(
-            self.manager, model, keywords, decoding=decoding, options=options, image=image
+            self.manager, self.checked_model(model), keywords, decoding=decoding, options=options, image=image
         )
 
     # ------------------------------------------------------------------------------------ folders
     def plan_batch(self, options: Any) -> Any:
         from icg.batch.engine import plan_batch
 
+        self.checked_model(options.model)
         return plan_batch(options)
 
     def run_batch(
@@ -148,6 +168,7 @@ class CaptionService:
     ) -> Any:
         from icg.batch.engine import run_batch
 
+        self.checked_model(options.model)
         return run_batch(
             self.manager,
             options,
@@ -156,6 +177,17 @@ class CaptionService:
             on_result=on_result,
             plan=plan,
         )
+
+
+def offered_model(service: Any, model: str | None) -> str:
+    """``model`` (or the default) if it is one of ``service.model_choices()``; ``ModelNotFound`` otherwise.
+    The one check of every front end (the API, the app, the WebUI tab): only listed models are loaded,
+    never any path a client names."""
+    name = model or service.default_model()
+    choices = service.model_choices()
+    if name not in choices:
+        raise ModelNotFound(f"unknown model {name!r}; choose one of: {', '.join(choices)}")
+    return name
 
 
 def _unique(items: Iterable[str]) -> list[str]:

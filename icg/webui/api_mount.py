@@ -34,5 +34,11 @@ def on_app_started(demo: Any, app: Any) -> Any:
     # The process's job registry: API batches queue with the tab's batches and auto-captioning, and
     # outlive UI reloads (the WebUI mounts the routes again on a new app).
     return mount_api(
-        app, service, auth=auth, queue_lock=service.lock, hide_dirs=host.hide_dirs(), jobs=registry()
+        app,
+        service,
+        auth=auth,
+        queue_lock=service.lock,
+        hide_dirs=host.hide_dirs(),
+        jobs=registry(),
+        max_pixels=service.upload_max_pixels,  # the setting, read on each request
     )

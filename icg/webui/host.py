@@ -9,12 +9,13 @@ the small JavaScript bridges of gradio events.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from icg.ui.compat import parameters
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +131,24 @@ def _queue_lock() -> Any:
 
 
 def js_kwargs(event: Callable[..., Any], code: str | None) -> dict[str, Any]:
-    """``_js=`` on gradio 3.x, ``js=`` on 4+ (Forge maps one to the other; plain gradio does not)."""
+    """``_js=`` on gradio 3.x, ``js=`` on 4+, whichever the listener ``event`` takes.
+
+    Forge wraps every listener of every component in an ``EventWrapper`` (modules/gradio_extensions.py)
+    whose ``__call__(*args, **kwargs)`` names neither and maps ``_js`` to ``js``: the listener it wraps
+    (``replaced_event``, or a ``functools.wraps`` ``__wrapped__``) is asked instead. Without that, every
+    JavaScript of ICG's buttons was dropped on Forge (the Append buttons did not switch tabs)."""
     if code is None:
         return {}
-    try:
-        params = inspect.signature(event).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return {"_js": code}
-    if "js" in params:
-        return {"js": code}
-    if "_js" in params:
-        return {"_js": code}
+    for _ in range(8):  # a wrapper of a wrapper at most a few levels deep
+        params = parameters(event)
+        if "js" in params:
+            return {"js": code}
+        if "_js" in params:
+            return {"_js": code}
+        event = getattr(event, "replaced_event", None) or getattr(event, "__wrapped__", None)
+        if event is None:
+            break
+    logger.debug("this gradio's event listeners take no JavaScript; the buttons work without it")
     return {}
 
 

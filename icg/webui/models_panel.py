@@ -30,6 +30,8 @@ class ModelsPanel:
     import_path: Any
     import_id: Any
     import_button: Any
+    upload: Any = None
+    upload_button: Any = None
 
 
 MODEL_HEADERS = ["model", "kind", "installed", "on disk", "missing files", "loaded", "source"]
@@ -95,23 +97,139 @@ def download_models(service: WebUIService, model: str, progress: Any = None) -> 
 def import_files(service: WebUIService, path: str, model_id: str) -> str:
     """Import the file or folder at ``path`` as ``model_id`` into the WebUI's models folder (what
     ``icg_import.py`` does from the command line); the status line."""
-    from icg.models.importer import import_model
-
     if host.hide_dirs():
         raise ConfigError(
             "Import: paths on the server cannot be typed under --hide-ui-dir-config; "
-            "run icg_import.py on the server instead"
+            "run icg_import.py on the server, or upload the files"
         )
-    path, model_id = (path or "").strip().strip('"'), (model_id or "").strip()
+    path, model_id = (path or "").strip().strip('"'), _model_id(model_id)
     if not path:
         raise ConfigError("Import: give the path of the file or folder to import")
-    if not model_id:
-        raise ConfigError("Import: give the model id to install it as")
     if not Path(path).expanduser().exists():
         raise ConfigError(f"Import: {path}: no such file or folder")
-    result = import_model([path], model_id, service.manager.models_dir)
-    verb = "replaced" if result.replaced else "imported"
-    return f"{verb} {result.id} ({result.kind}) -> {result.folder}; {result.details}"
+    return _install(service, [path], model_id)
+
+
+#: The most an upload may hold in all: the largest model file ICG knows (CLIP ViT-L/14 in fp32, 1.7 GB)
+#: with room to spare.
+MAX_UPLOAD_BYTES = 8 * 1024**3
+
+
+def upload_suffixes() -> tuple[str, ...]:
+    """The file types an upload may have: what the kinds import (checkpoints and weights, configs and
+    tokenizer files, the SBG vocabulary's pickles)."""
+    from icg.captioners.prefix_kind import STATE_SUFFIXES
+
+    return tuple(dict.fromkeys((*STATE_SUFFIXES, ".json", ".pkl", ".txt")))
+
+
+def import_uploads(service: WebUIService, uploads: Any, model_id: str) -> str:
+    """Import files uploaded through the panel (a ``gr.File`` value) as ``model_id``, through the same
+    importer as ``icg import``; the status line. One file is imported as it is, several together as one
+    folder (an SBG generator's config.json and model.safetensors, the vocabulary's two pickles). The
+    uploads are checked first (type, size, free space), each problem one line; an existing model is
+    never replaced. Works under ``--hide-ui-dir-config`` (nothing on the server is named)."""
+    import shutil
+    import tempfile
+
+    from icg.models.download import format_size
+
+    model_id = _model_id(model_id)
+    files = uploaded_files(uploads)
+    if not files:
+        raise ConfigError("Import: choose the file(s) to upload first")
+    allowed = upload_suffixes()
+    total = 0
+    for path, name in files:
+        if Path(name).suffix.lower() not in allowed:
+            raise ConfigError(f"Import: {name}: not a model file (expected {', '.join(allowed)})")
+        size = path.stat().st_size if path.is_file() else 0
+        if size == 0:
+            raise ConfigError(f"Import: {name}: the upload is empty (or did not finish)")
+        total += size
+    if total > MAX_UPLOAD_BYTES:
+        raise ConfigError(
+            f"Import: the upload holds {format_size(total)}, more than an upload may hold "
+            f"({format_size(MAX_UPLOAD_BYTES)}); copy the files into the models folder instead"
+        )
+    root = Path(service.manager.models_dir)
+    free = shutil.disk_usage(_existing_parent(root)).free
+    if free < total:
+        raise ConfigError(
+            f"Import: {root} has {format_size(free)} free; the model needs about {format_size(total)}"
+        )
+    with tempfile.TemporaryDirectory(prefix="icg-upload-") as staging:
+        folder = Path(staging) / "upload"
+        folder.mkdir()
+        for path, name in files:
+            _link_or_copy(path, folder / name)
+        sources = [folder / files[0][1]] if len(files) == 1 else [folder]
+        return _install(service, sources, model_id)
+
+
+def uploaded_files(value: Any) -> list[tuple[Path, str]]:
+    """``(path on the server, the file's own name)`` of each file of a ``gr.File`` value: gradio 3.41
+    passes temporary files (``.name`` the path, ``.orig_name`` the user's name), gradio 4+ paths (str,
+    named as the user's file), some releases dicts with ``path`` and ``orig_name``."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, dict):
+            path, name = item.get("path") or item.get("name"), item.get("orig_name")
+        elif isinstance(item, (str, Path)):
+            path, name = item, None
+        else:
+            path, name = getattr(item, "name", None), getattr(item, "orig_name", None)
+        if not path:
+            continue
+        name = Path(str(name or path)).name  # the name only: never a folder the client names
+        if not name or name.startswith("."):
+            raise ConfigError(f"Import: {name or path!r} is not a file name an import takes")
+        out.append((Path(str(path)), name))
+    names = [name for _, name in out]
+    if len(set(names)) != len(names):
+        raise ConfigError("Import: two uploaded files have the same name; upload each file once")
+    return out
+
+
+def _model_id(value: str | None) -> str:
+    model_id = (value or "").strip()
+    if not model_id:
+        raise ConfigError("Import: give the model id to install it as")
+    return model_id
+
+
+def _install(service: WebUIService, sources: list[Any], model_id: str) -> str:
+    """``icg.models.importer.import_model`` into the service's models folder, never over a model."""
+    from icg.models.importer import import_model
+    from icg.models.paths import model_dir
+
+    root = service.manager.models_dir
+    dest = model_dir(model_id, root)
+    if dest.is_dir() and any(dest.iterdir()):
+        raise ConfigError(
+            f"Import: {model_id} already exists in {root}; choose another id (nothing was replaced)"
+        )
+    result = import_model(sources, model_id, root)
+    return f"imported {result.id} ({result.kind}) -> {result.folder}; {result.details}"
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dest)  # no second copy of gigabytes where the upload folder is on the same disk
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def initial_table(service: WebUIService) -> dict[str, Any]:
@@ -131,6 +249,7 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
     import gradio as gr
 
     from icg.ui.handlers import user_errors
+    from icg.ui.panels import watch_models_folder
 
     with gr.Column(elem_id="icg_models_panel"):
         gr.Markdown(
@@ -167,7 +286,17 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
             )
             import_id = gr.Textbox(label="as model id", scale=1, elem_id="icg_models_import_id")
             import_button = gr.Button("Import", elem_id="icg_models_import")
+        with gr.Row():
+            upload = gr.File(
+                label="Or upload the file(s) (several: imported together as one folder)",
+                file_count="multiple",
+                file_types=list(upload_suffixes()),
+                scale=3,
+                elem_id="icg_models_upload",
+            )
+            upload_button = gr.Button("Import upload", elem_id="icg_models_upload_import")
         status = gr.Textbox(label="Status", interactive=False, elem_id="icg_models_status")
+        watch_models_folder(model, service)  # a model added while the WebUI runs shows up in the list
 
     def on_refresh():
         choices = model_choices()
@@ -179,6 +308,10 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
 
     def on_import(path, model_id):
         message = import_files(service, path, model_id)
+        return (message, *on_refresh())
+
+    def on_upload(uploads, model_id):
+        message = import_uploads(service, uploads, model_id)
         return (message, *on_refresh())
 
     def on_unload():
@@ -193,7 +326,11 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
     import_button.click(
         user_errors(on_import), inputs=[import_path, import_id], outputs=[status, models, model]
     )
+    upload_button.click(
+        user_errors(on_upload), inputs=[upload, import_id], outputs=[status, models, model]
+    )
     return ModelsPanel(
-        models, model, refresh, download, unload, status, import_path, import_id, import_button
+        models, model, refresh, download, unload, status, import_path, import_id, import_button,
+        upload, upload_button,
     )
 

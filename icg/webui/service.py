@@ -29,7 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 class WebUIService(CaptionService):
-    """The library's ``CaptionService`` with the WebUI's job discipline around every piece of model work."""
+    """The library's ``CaptionService`` with the WebUI's job discipline around every piece of model work.
+    Like the API and the app it loads only the models it lists (``CaptionService.checked_model``), before
+    anything is fetched: the tab's model box takes typed text, but a typed path is refused."""
+
+    model_paths_hint = "import it in Image Caption > Models first"
 
     def __init__(self, manager: Any, *, models: tuple[str, ...] = (), lock: HostLock | None = None) -> None:
         super().__init__(manager, models=models)
@@ -71,6 +75,10 @@ class WebUIService(CaptionService):
             "decoding": settings.decoding_overrides(),
         }
 
+    def upload_max_pixels(self) -> int:
+        """The HTTP API's limit on an image, from the settings (``mount_api`` asks on each request)."""
+        return self.settings().upload_max_pixels()
+
     def overrides(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """The settings' decoding defaults with ``given`` (a request, the panel) on top."""
         return {**self.settings().decoding_overrides(), **(given or {})}
@@ -110,7 +118,7 @@ class WebUIService(CaptionService):
         that downloads gigabytes never blocks image generation (only loading runs in the job)."""
         with self.snapshot(), self.webui_messages():
             refresh_manager(self)
-            self.manager.install_for_use(model)
+            self.manager.install_for_use(self.checked_model(model))
 
     @contextlib.contextmanager
     def webui_messages(self) -> Iterator[None]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icg.errors import ConfigError
-from icg.options import BATCH, DECODING, DEFAULT_MODEL, MODEL_DEFAULT, TEMPLATE, Option
+from icg.options import BATCH, DECODING, DEFAULT_MODEL, MODEL_DEFAULT, TEMPLATE, UPLOAD_MAX_MEGAPIXELS, Option
 from icg.prompt import MERGE_MODES, PromptTemplate
 from icg.webui import host
 
@@ -30,6 +30,7 @@ OPTION_SETTINGS: dict[str, Option] = {
     "suffix": TEMPLATE["suffix"],
     "sidecar_policy": BATCH["policy"],
     "sidecar_extension": BATCH["sidecar_extension"],
+    "upload_max_megapixels": UPLOAD_MAX_MEGAPIXELS,
 }
 #: Where a setting's default differs from its option's (None: the model's own default applies).
 UNSET = {"strategy": MODEL_DEFAULT, "max_new_tokens": 0, "seed": -1}
@@ -57,6 +58,7 @@ class Settings:
     allow_download: bool = True
     autocaption: bool = False
     autocaption_model: str = DEFAULT_CHOICE
+    upload_max_megapixels: int = UPLOAD_MAX_MEGAPIXELS.default
 
     @classmethod
     def read(cls) -> Settings:
@@ -95,6 +97,17 @@ class Settings:
             except ConfigError as err:
                 logger.warning("Image Caption: %s; using the model's default", err)
         return out
+
+    def upload_max_pixels(self) -> int:
+        """The HTTP API's limit on an image (``icg_upload_max_megapixels``) in pixels; a value outside the
+        option's bounds (an edited config.json) gives the default, with a warning."""
+        option = OPTION_SETTINGS["upload_max_megapixels"]
+        try:
+            megapixels = option.check(self.upload_max_megapixels, "setting icg_upload_max_megapixels")
+        except ConfigError as err:
+            logger.warning("Image Caption: %s; using %s", err, option.default)
+            megapixels = option.default
+        return megapixels * 1_000_000
 
     def template_obj(self) -> PromptTemplate:
         try:
@@ -158,7 +171,11 @@ def on_ui_settings() -> None:
             DEFAULT_MODEL, "Default captioning model", gr.Dropdown, model_args, refresh=model_choices
         ),
         "icg_img2img_model": info(
-            DEFAULT_CHOICE, "Model of the img2img caption button", gr.Dropdown, model_or_default_args
+            DEFAULT_CHOICE,
+            "Model of the img2img caption button",
+            gr.Dropdown,
+            model_or_default_args,
+            refresh=model_choices,  # a model imported since the page loaded
         ),
         "icg_strategy": rendered("strategy"),
         "icg_num_beams": rendered("num_beams", " (beam search)"),
@@ -182,8 +199,13 @@ def on_ui_settings() -> None:
         "icg_allow_download": info(True, "Download missing models when they are first used"),
         "icg_autocaption": info(False, "Write a caption file beside every generated image"),
         "icg_autocaption_model": info(
-            DEFAULT_CHOICE, "Model for those caption files", gr.Dropdown, model_or_default_args
+            DEFAULT_CHOICE,
+            "Model for those caption files",
+            gr.Dropdown,
+            model_or_default_args,
+            refresh=model_choices,
         ),
+        "icg_upload_max_megapixels": rendered("upload_max_megapixels", " (with --api)"),
     }
     if callable(getattr(items["icg_autocaption"], "info", None)):
         items["icg_autocaption"].info(
