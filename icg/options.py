@@ -272,7 +272,22 @@ BATCH = OptionGroup(
     ),
 )
 
-GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH)
+# ---------------------------------------------------------------------------------- runtime
+#: Precisions: float dtypes, and int8 (dynamic quantisation on the CPU, ``icg.quant``).
+DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int8-clip")
+
+RUNTIME = OptionGroup(
+    "runtime",
+    "Runtime",
+    (
+        Option("dtype", str, "auto", "auto: fp16 on CUDA, fp32 elsewhere (never bf16 or int8); bf16 is fast "
+               "only on CPUs with AVX512-BF16/AMX; int8: CLIP's image tower and the language model "
+               "quantised to int8, int8-clip: CLIP's image tower only (both CPU only, faster, slightly "
+               "different captions)", "Precision", choices=DTYPES),
+    ),
+)
+
+GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH, RUNTIME)
 
 
 def check_values(group: OptionGroup, values: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
