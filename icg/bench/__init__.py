@@ -9,7 +9,9 @@ Only ``icg bench`` (``icg.commands.bench``) imports this package; no runtime mod
 - ``core``: the shared context (settings, random-weight models built once), timing, the runner, the
   text report;
 - ``predecessor``: the predecessor's code paths, re-implemented as the baseline the suites time;
-- ``prefix``, ``sbg``, ``folder``: the suites.
+- ``prefix``, ``sbg``, ``folder``: the suites against the predecessor;
+- ``quant``: int8 and bf16 against fp32 on the CPU (speed and accuracy);
+- ``threads``: a server thread's latency while CLIP encodes, with and without the WebUI's thread cap.
 
 This module imports nothing heavy, so that the CLI can build its parser from ``SUITES``.
 """
@@ -22,4 +24,6 @@ SUITES = {
     "prefix": "icg.bench.prefix:bench_prefix",
     "sbg": "icg.bench.sbg:bench_sbg",
     "folder": "icg.bench.folder:bench_folder",
+    "quant": "icg.bench.quant:bench_quant",
+    "threads": "icg.bench.threads:bench_threads",
 }

@@ -106,7 +106,7 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--tokenizer", metavar="TOK", help="GPT-2 tokenizer folder or model id")
     add_device(g)
-    add_options(g, RUNTIME)  # --dtype
+    add_options(g, RUNTIME, names=("dtype",))  # threads: a WebUI setting (the CLI uses every core)
     g.add_argument("--download", action="store_true", help="download missing registry models when needed")
 
 

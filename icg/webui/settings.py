@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icg.errors import ConfigError
-from icg.options import BATCH, DECODING, DEFAULT_MODEL, MODEL_DEFAULT, TEMPLATE, Option
+from icg.options import BATCH, DECODING, DEFAULT_MODEL, MODEL_DEFAULT, RUNTIME, TEMPLATE, Option
 from icg.prompt import MERGE_MODES, PromptTemplate
 from icg.webui import host
 
@@ -30,6 +30,8 @@ OPTION_SETTINGS: dict[str, Option] = {
     "suffix": TEMPLATE["suffix"],
     "sidecar_policy": BATCH["policy"],
     "sidecar_extension": BATCH["sidecar_extension"],
+    "dtype": RUNTIME["dtype"],
+    "threads": RUNTIME["threads"],
 }
 #: Where a setting's default differs from its option's (None: the model's own default applies).
 UNSET = {"strategy": MODEL_DEFAULT, "max_new_tokens": 0, "seed": -1}
@@ -57,6 +59,8 @@ class Settings:
     allow_download: bool = True
     autocaption: bool = False
     autocaption_model: str = DEFAULT_CHOICE
+    dtype: str = RUNTIME["dtype"].default
+    threads: int = RUNTIME["threads"].default
 
     @classmethod
     def read(cls) -> Settings:
@@ -95,6 +99,16 @@ class Settings:
             except ConfigError as err:
                 logger.warning("Image Caption: %s; using the model's default", err)
         return out
+
+    def runtime_value(self, name: str) -> Any:
+        """A runtime setting (``dtype``, ``threads``) checked against its option; a value outside it (an
+        edited config.json) gives the option's default with a warning."""
+        option = OPTION_SETTINGS[name]
+        try:
+            return option.check(getattr(self, name), f"setting icg_{name}")
+        except ConfigError as err:
+            logger.warning("Image Caption: %s; using %s", err, option.default)
+            return option.default
 
     def template_obj(self) -> PromptTemplate:
         try:
@@ -145,7 +159,7 @@ def on_ui_settings() -> None:
         if opt.choices:
             choices = [MODEL_DEFAULT, *opt.choices] if name in UNSET else list(opt.choices)
             return info(default, label, gr.Radio, {"choices": choices})
-        if opt.type is int and name != "seed":
+        if opt.type is int and name not in ("seed", "threads"):
             low = 0 if name in UNSET else opt.minimum
             return info(default, label, gr.Slider, {"minimum": low, "maximum": opt.maximum, "step": 1})
         if opt.type is int:
@@ -180,6 +194,8 @@ def on_ui_settings() -> None:
             "", "Models folder (empty: <models>/icg; --icg-models-dir wins)", component_args=hide_dirs
         ),
         "icg_allow_download": info(True, "Download missing models when they are first used"),
+        "icg_dtype": rendered("dtype", " (auto: fp32 under --no-half; int8: CPU only)"),
+        "icg_threads": rendered("threads", " on the CPU (0: all but one)"),
         "icg_autocaption": info(False, "Write a caption file beside every generated image"),
         "icg_autocaption_model": info(
             DEFAULT_CHOICE, "Model for those caption files", gr.Dropdown, model_or_default_args
