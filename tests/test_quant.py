@@ -186,6 +186,7 @@ def test_the_cli_takes_every_precision_and_refuses_others_naming_the_flag(capsys
     for name in RUNTIME["dtype"].choices:
         assert build_parser().parse_args(["caption", "x.png", "--dtype", name]).dtype == name
     assert build_parser().parse_args(["caption", "x.png"]).dtype is None  # the manager's auto
+    assert build_parser().parse_args(["app", "--dtype", "int8"]).dtype == "int8"  # the standalone app
     with pytest.raises(SystemExit):
         build_parser().parse_args(["caption", "x.png", "--dtype", "int4"])
     err = capsys.readouterr().err
@@ -195,3 +196,26 @@ def test_the_cli_takes_every_precision_and_refuses_others_naming_the_flag(capsys
 def test_the_option_refuses_an_unknown_precision_by_name():
     with pytest.raises(ConfigError, match="dtype must be one of auto, fp32, fp16, bf16, int8, int8-clip"):
         RUNTIME["dtype"].check("int4")
+
+
+def test_the_api_reports_the_servers_precision_and_refuses_it_per_request(fixture_files, tmp_path):
+    """Models load once per process, so the precision is the server's setting: ``GET /models`` shows
+    it, and a request that tries to choose one is refused, naming the field."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from icg.api import mount_api
+    from icg.jobs import JobRegistry
+    from icg.ui.service import CaptionService
+    from tests.webui_support import png_base64
+
+    prefix = fixture_files["clip_prefix_pt"]
+    service = CaptionService(_manager(fixture_files, tmp_path, "int8"), models=[prefix], default_model=prefix)
+    app = FastAPI()
+    mount_api(app, service, jobs=JobRegistry())
+    client = TestClient(app)
+    caption = client.post("/icg/v1/caption", json={"image": png_base64(), "decoding": {"max_new_tokens": 4}})
+    assert caption.status_code == 200 and caption.json()["caption"]
+    assert client.get("/icg/v1/models").json()["loaded"]["dtype"] == "int8"
+    refused = client.post("/icg/v1/caption", json={"image": png_base64(), "dtype": "fp32"})
+    assert refused.status_code == 422 and "dtype" in refused.text
