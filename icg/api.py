@@ -15,6 +15,10 @@ Routes (all JSON):
 * ``POST /icg/v1/batch/{id}/stop``     stop a job after the batch it is working on
 * ``POST /icg/v1/unload``              free the models' memory
 
+The precision (``icg.options.RUNTIME["dtype"]``: fp16, int8, ...) is the server's setting, not a request
+field: models are loaded once per process, so a per-request precision would reload them for every
+request. ``GET /models`` reports it (``loaded.dtype``); a request naming ``dtype`` is refused (422).
+
 Bad input is a JSON 4xx with a message, never a 500: malformed JSON or values out of range (NaN and
 Infinity too) 422, naming the field and quoting at most a short value back (``validation_details``); bad
 base64 or not an image 400; a request body over ``max_request_bytes`` or an image over ``max_pixels``

@@ -80,8 +80,9 @@ def _readable(text: str) -> bool:
 
 def run_doctor(args, out: TextIO) -> int:
     from icg.__version__ import __version__
-    from icg.devices import resolve_device, resolve_dtype
+    from icg.devices import resolve_device
     from icg.models.inventory import inventory, supplied_kinds
+    from icg.models.manager import resolve_runtime_dtype
     from icg.models.paths import models_dir
 
     def say(line: str = "") -> None:
@@ -91,7 +92,7 @@ def run_doctor(args, out: TextIO) -> int:
     for name, version in package_versions().items():
         say(f"  {name:<16} {version or 'not installed'}")
     device = resolve_device(args.device)
-    dtype = resolve_dtype(device, args.dtype)
+    dtype = resolve_runtime_dtype(device, args.dtype)  # int8 precisions smoke-test their fp32 base
     import torch
 
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""

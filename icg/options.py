@@ -282,7 +282,24 @@ UPLOAD_MAX_MEGAPIXELS = Option(
     "it is decoded (parallel requests add up)", "HTTP API: largest image (megapixels)", 1, 178, step=1,
 )
 
-GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH)
+# ---------------------------------------------------------------------------------- runtime
+#: Precisions: float dtypes, and int8 (dynamic quantisation on the CPU, ``icg.quant``).
+DTYPES = ("auto", "fp32", "fp16", "bf16", "int8", "int8-clip")
+
+RUNTIME = OptionGroup(
+    "runtime",
+    "Runtime",
+    (
+        Option("dtype", str, "auto", "auto: fp16 on CUDA, fp32 elsewhere (never bf16 or int8); bf16 is fast "
+               "only on CPUs with AVX512-BF16/AMX; int8: CLIP's image tower and the language model "
+               "quantised to int8, int8-clip: CLIP's image tower only (both CPU only, faster, slightly "
+               "different captions)", "Precision", choices=DTYPES),
+        Option("threads", int, 0, "CPU threads for captioning inside the WebUI (0: all but one, so the "
+               "WebUI stays responsive)", "CPU threads", 0, 1024, step=1),
+    ),
+)
+
+GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH, RUNTIME)
 
 
 def check_values(group: OptionGroup, values: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:

@@ -127,6 +127,7 @@ def test_nothing_loads_or_resolves_at_construction():
         "captioners": ["a"],
         "offloaded": False,
         "device": "FakeDevice(cuda)",
+        "dtype": "float16",
     }
 
 
@@ -241,6 +242,7 @@ def test_unload_drops_every_reference():
         "captioners": [],
         "offloaded": False,
         "device": "FakeDevice(cuda)",
+        "dtype": "float16",
     }
     manager.captioner("a")  # loads again after an unload
     assert counting.captioner_calls == ["a", "b", "a"]

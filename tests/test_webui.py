@@ -45,6 +45,8 @@ ICG_KEYS = {
     "icg_autocaption",
     "icg_autocaption_model",
     "icg_upload_max_megapixels",
+    "icg_dtype",
+    "icg_threads",
 }
 
 
@@ -377,6 +379,43 @@ def test_runtime_follows_the_flags(webui_env, files, models_dir, tmp_path):
     env.adapter.service.refresh_manager(service)
     assert service.manager is not manager and service.manager.runtime.dtype == "float32"
     assert service.manager.runtime.clip == files["clip_dir"]  # the overrides carry over
+
+
+def test_the_precision_setting_reaches_the_runtime(webui_env, caplog):
+    env = webui_env.start()
+    assert env.adapter.service.runtime_config().dtype == "auto"  # the WebUI's policy
+    env.shared.opts.icg_dtype = "int8"
+    assert env.adapter.service.runtime_config().dtype == "int8"
+    env.shared.opts.icg_dtype = "int4"  # an edited config.json
+    with caplog.at_level("WARNING", logger="icg"):
+        assert env.adapter.service.runtime_config().dtype == "auto"
+    assert "dtype must be one of auto, fp32, fp16, bf16, int8, int8-clip" in caplog.text
+
+
+@pytest.mark.parametrize("webui_env", [{"no_half": True}], indirect=True)
+def test_an_explicit_precision_wins_over_no_half(webui_env):
+    env = webui_env.start()
+    assert env.adapter.service.runtime_config().dtype == "float32"
+    env.shared.opts.icg_dtype = "int8-clip"
+    assert env.adapter.service.runtime_config().dtype == "int8-clip"
+
+
+def test_a_cpu_job_leaves_a_core_to_the_webui_and_restores_the_threads(webui_env, manager):
+    import torch
+
+    env = webui_env.start(manager)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with env.service.job("caption", track_state=False):
+            auto = torch.get_num_threads()
+        env.shared.opts.icg_threads = 2
+        with env.service.job("caption", track_state=False):
+            chosen = torch.get_num_threads()
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert (auto, chosen, after) == (3, 2, 4)
 
 
 def test_models_folder_precedence(webui_env, tmp_path):

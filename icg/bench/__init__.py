@@ -9,7 +9,11 @@ Only ``icg bench`` (``icg.commands.bench``) imports this package; no runtime mod
 - ``core``: the shared context (settings, random-weight models built once), timing, the runner, the
   text report;
 - ``predecessor``: the predecessor's code paths, re-implemented as the baseline the suites time;
-- ``prefix``, ``sbg``, ``folder``, ``coldstart`` (time to the first caption): the suites.
+- ``prefix``, ``sbg``, ``folder``: the suites against the predecessor;
+- ``coldstart``: time to the first caption in fresh processes, today's loading against the old one;
+- ``dataset``: ``icg batch`` against ``icg dataset`` on Ray (1 and 2 actors);
+- ``quant``: int8 and bf16 against fp32 on the CPU (speed and accuracy);
+- ``threads``: a server thread's latency while CLIP encodes, with and without the WebUI's thread cap.
 
 This module imports nothing heavy, so that the CLI can build its parser from ``SUITES``.
 """
@@ -24,6 +28,8 @@ SUITES = {
     "folder": "icg.bench.folder:bench_folder",
     "dataset": "icg.bench.dataset:bench_dataset",
     "coldstart": "icg.bench.coldstart:bench_coldstart",
+    "quant": "icg.bench.quant:bench_quant",
+    "threads": "icg.bench.threads:bench_threads",
 }
 #: Suites run only when named with ``--suite``: ``dataset`` needs the optional Ray extra and starts Ray;
 #: ``coldstart`` writes ~2 GB of real-size models once and starts many fresh processes.

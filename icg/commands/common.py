@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from icg.errors import ConfigError
-from icg.options import DECODING, Option, OptionGroup
+from icg.options import DECODING, RUNTIME, Option, OptionGroup
 
 
 def option_type(option: Option):
@@ -106,12 +106,7 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--tokenizer", metavar="TOK", help="GPT-2 tokenizer folder or model id")
     add_device(g)
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        metavar="DTYPE",
-        help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16",
-    )
+    add_options(g, RUNTIME, names=("dtype",))  # threads: a WebUI setting (the CLI uses every core)
     g.add_argument("--download", action="store_true", help="download missing registry models when needed")
 
 
@@ -130,7 +125,7 @@ def make_manager(args: argparse.Namespace):
     return ModelManager(
         RuntimeConfig(
             device=args.device,
-            dtype=args.dtype,
+            dtype=args.dtype or RUNTIME["dtype"].default,
             models_dir=args.models_dir,
             allow_download=args.download,
             clip=args.clip,

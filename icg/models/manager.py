@@ -20,7 +20,8 @@ How models are built and fetched is injectable (``Factories``), which is how tes
 supply their own; so are the device and dtype policy (``RuntimeConfig.device`` / ``dtype`` take a string,
 a ``torch.device`` / ``torch.dtype``, or a zero-argument callable evaluated on first use, e.g. the
 WebUI's ``devices.device_interrogate`` and fp32 under ``--no-half``). Default: CUDA when available, fp16
-there.
+there. The int8 precisions (``icg.options.RUNTIME["dtype"]``: ``int8``, ``int8-clip``) load models in
+fp32 and quantise them right after loading (``icg.quant``), on the CPU only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from icg.config import ClipSpec
 from icg.errors import ConfigError, DownloadError, ModelNotFound
+from icg.quant import QUANTIZED
 
 if TYPE_CHECKING:
     from icg.models.registry import ModelEntry
@@ -59,8 +61,9 @@ class RuntimeConfig:
 
     ``device``: ``"auto"`` (CUDA when available, else CPU), any torch device string, a ``torch.device``,
     or a zero-argument callable returning one of those (evaluated once, on first use). ``dtype``:
-    ``"auto"`` (fp16 on CUDA, fp32 elsewhere), a name (``fp32``, ``fp16``, ``bf16``, ...), a
-    ``torch.dtype``, or a callable returning one of those."""
+    ``"auto"`` (fp16 on CUDA, fp32 elsewhere), a name (``fp32``, ``fp16``, ``bf16``, ...), an int8
+    precision (``int8``, ``int8-clip``; CPU only), a ``torch.dtype``, or a callable returning one of
+    those."""
 
     device: Any = "auto"
     dtype: Any = "auto"
@@ -118,16 +121,31 @@ def resolve_runtime_device(value: Any):
     raise ConfigError(f"unknown device {value!r}: give a name like 'cuda' or a torch.device")
 
 
-def resolve_runtime_dtype(device: Any, value: Any):
-    """``RuntimeConfig.dtype`` for ``device``: ``auto`` is fp16 on CUDA, fp32 elsewhere."""
+def resolve_precision(device: Any, value: Any) -> tuple[Any, tuple[str, ...]]:
+    """``RuntimeConfig.dtype`` for ``device`` as ``(dtype the models load in, parts quantised after
+    loading)``: ``auto`` is fp16 on CUDA and fp32 elsewhere (never bf16 or int8); ``int8`` /
+    ``int8-clip`` load in fp32 and quantise CLIP's image tower (and the language model) on the CPU only
+    (``icg.quant``); bf16 on a CPU without native support is logged as emulated."""
     import torch
 
+    from icg import quant
     from icg.devices import resolve_dtype
 
     value = _called(value)
+    parts = quant.quantized_parts(value)
+    if parts:
+        quant.check_device(value, device)
+        return torch.float32, parts
     if value is None or value == "auto":
-        return torch.float16 if getattr(device, "type", None) == "cuda" else torch.float32
-    return resolve_dtype("cpu", value)
+        return (torch.float16 if getattr(device, "type", None) == "cuda" else torch.float32), ()
+    dtype = resolve_dtype("cpu", value)
+    quant.warn_if_emulated_bf16(device, dtype)
+    return dtype, ()
+
+
+def resolve_runtime_dtype(device: Any, value: Any):
+    """The dtype the models load in for ``RuntimeConfig.dtype`` (``resolve_precision``)."""
+    return resolve_precision(device, value)[0]
 
 
 class ModelManager:
@@ -142,7 +160,7 @@ class ModelManager:
         self._captioners: dict[str, Captioner] = {}
         self._offloaded = False
         self._device = None
-        self._dtype = None
+        self._precision: tuple[Any, tuple[str, ...]] | None = None
         self._install_locks: dict[str, threading.Lock] = {}
         self._install_locks_guard = threading.Lock()
 
@@ -157,11 +175,25 @@ class ModelManager:
 
     @property
     def dtype(self):
-        """The dtype of the big models (resolved from ``RuntimeConfig.dtype`` on first use)."""
+        """The dtype the big models load in (resolved from ``RuntimeConfig.dtype`` on first use)."""
+        return self._resolved_precision()[0]
+
+    @property
+    def quantized(self) -> tuple[str, ...]:
+        """What is quantised to int8 after loading: ``("clip", "lm")``, ``("clip",)`` or ``()``."""
+        return self._resolved_precision()[1]
+
+    def _resolved_precision(self) -> tuple[Any, tuple[str, ...]]:
         with self.lock:
-            if self._dtype is None:
-                self._dtype = resolve_runtime_dtype(self.device, self.runtime.dtype)
-            return self._dtype
+            if self._precision is None:
+                self._precision = resolve_precision(self.device, self.runtime.dtype)
+            return self._precision
+
+    def precision_name(self) -> str:
+        """What the models run in, for reports: ``int8``, ``int8-clip``, ``float32``, ``float16``, ..."""
+        dtype, parts = self._resolved_precision()
+        named = [name for name, quantized in QUANTIZED.items() if parts and quantized == parts]
+        return named[0] if named else str(dtype).replace("torch.", "")
 
     @property
     def models_dir(self) -> Path:
@@ -179,7 +211,12 @@ class ModelManager:
                     log.info("replacing CLIP %s with %s", self._clip_key, spec.id)
                     self._clip = None
                     self._clip_key = None
-                self._clip = self.factories.clip(spec, self)
+                clip = self.factories.clip(spec, self)
+                if "clip" in self.quantized:
+                    from icg.quant import quantize_clip
+
+                    quantize_clip(clip)
+                self._clip = clip
                 self._clip_key = spec.id
             return self._clip
 
@@ -193,7 +230,12 @@ class ModelManager:
         with self.lock:
             self._ensure_on_device()
             if name not in self._captioners:
-                self._captioners[name] = self.factories.captioner(name, self)
+                captioner = self.factories.captioner(name, self)
+                if "lm" in self.quantized:
+                    from icg.quant import quantize_captioner
+
+                    quantize_captioner(captioner)
+                self._captioners[name] = captioner
             return self._captioners[name]
 
     # ------------------------------------------------------------------------------------ install
@@ -297,6 +339,7 @@ class ModelManager:
                 "captioners": sorted(self._captioners),
                 "offloaded": self._offloaded,
                 "device": str(self._device) if self._device is not None else None,
+                "dtype": self.precision_name() if self._precision is not None else None,
             }
 
     @contextlib.contextmanager

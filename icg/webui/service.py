@@ -5,7 +5,9 @@ Host etiquette, as the built-in interrogator does it: models run on ``devices.de
 (``--use-cpu interrogate`` honoured), in fp32 under ``--no-half``; every job holds the WebUI's
 ``queue_lock`` (so captioning never runs beside image generation); under ``--lowvram``/``--medvram`` the
 WebUI's models are moved off the GPU first (``lowvram.send_everything_to_cpu``) and ours after; our models
-go to the CPU after each job unless "keep models in memory" is set; ``devices.torch_gc()`` follows.
+go to the CPU after each job unless "keep models in memory" is set; ``devices.torch_gc()`` follows. On
+the CPU a job runs with fewer torch threads (``icg.threads``: all but one, or the ``icg_threads``
+setting), so the WebUI's server threads keep a core.
 Tab and API jobs are ``shared.state`` jobs (progress bar, Interrupt and Skip) that end in ``finally``.
 """
 
@@ -96,13 +98,28 @@ class WebUIService(CaptionService):
                 refresh_manager(self)
                 if host.lowvram():
                     host.send_everything_to_cpu()
-                yield state
+                with self.cpu_threads():
+                    yield state
             finally:
                 try:
                     self.after_job()
                 finally:
                     if state is not None:
                         state.end()
+
+    @contextlib.contextmanager
+    def cpu_threads(self) -> Iterator[None]:
+        """Fewer torch threads around a job whose models run on the CPU (see ``icg.threads``)."""
+        if getattr(self.manager.device, "type", None) != "cpu":
+            yield
+            return
+        import torch
+
+        from icg.threads import caption_threads, limited_threads
+
+        wanted = caption_threads(self.settings().checked("threads"), torch.get_num_threads())
+        with limited_threads(wanted):
+            yield
 
     def after_job(self) -> None:
         keep = self.settings().keep_models_in_memory and not host.lowvram()
@@ -223,7 +240,9 @@ def runtime_config(settings: Settings | None = None) -> Any:
     device = getattr(devices, "device_interrogate", None) if devices is not None else None
     if device is None and devices is not None and hasattr(devices, "get_device_for"):
         device = devices.get_device_for("interrogate")
-    dtype = "float32" if (host.flag("no_half") or host.flag("precision") == "full") else "auto"
+    dtype = settings.checked("dtype")  # "auto": the WebUI's policy (fp32 under --no-half)
+    if dtype == "auto" and (host.flag("no_half") or host.flag("precision") == "full"):
+        dtype = "float32"
     return RuntimeConfig(
         device=str(device) if device is not None else "auto",
         dtype=dtype,

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from icg.errors import ConfigError
-from icg.options import BATCH, DECODING, DEFAULT_MODEL, MODEL_DEFAULT, TEMPLATE, UPLOAD_MAX_MEGAPIXELS, Option
+from icg.options import (
+    BATCH,
+    DECODING,
+    DEFAULT_MODEL,
+    MODEL_DEFAULT,
+    RUNTIME,
+    TEMPLATE,
+    UPLOAD_MAX_MEGAPIXELS,
+    Option,
+)
 from icg.prompt import MERGE_MODES, PromptTemplate
 from icg.webui import host
 
@@ -31,6 +40,8 @@ OPTION_SETTINGS: dict[str, Option] = {
     "sidecar_policy": BATCH["policy"],
     "sidecar_extension": BATCH["sidecar_extension"],
     "upload_max_megapixels": UPLOAD_MAX_MEGAPIXELS,
+    "dtype": RUNTIME["dtype"],
+    "threads": RUNTIME["threads"],
 }
 #: Where a setting's default differs from its option's (None: the model's own default applies).
 UNSET = {"strategy": MODEL_DEFAULT, "max_new_tokens": 0, "seed": -1}
@@ -59,6 +70,8 @@ class Settings:
     autocaption: bool = False
     autocaption_model: str = DEFAULT_CHOICE
     upload_max_megapixels: int = UPLOAD_MAX_MEGAPIXELS.default
+    dtype: str = RUNTIME["dtype"].default
+    threads: int = RUNTIME["threads"].default
 
     @classmethod
     def read(cls) -> Settings:
@@ -98,16 +111,19 @@ class Settings:
                 logger.warning("Image Caption: %s; using the model's default", err)
         return out
 
-    def upload_max_pixels(self) -> int:
-        """The HTTP API's limit on an image (``icg_upload_max_megapixels``) in pixels; a value outside the
-        option's bounds (an edited config.json) gives the default, with a warning."""
-        option = OPTION_SETTINGS["upload_max_megapixels"]
+    def checked(self, name: str) -> Any:
+        """A setting that is an option (``dtype``, ``threads``, ``upload_max_megapixels``), checked against
+        it; a value outside it (an edited config.json) gives the option's default, with a warning."""
+        option = OPTION_SETTINGS[name]
         try:
-            megapixels = option.check(self.upload_max_megapixels, "setting icg_upload_max_megapixels")
+            return option.check(getattr(self, name), f"setting icg_{name}")
         except ConfigError as err:
             logger.warning("Image Caption: %s; using %s", err, option.default)
-            megapixels = option.default
-        return megapixels * 1_000_000
+            return option.default
+
+    def upload_max_pixels(self) -> int:
+        """The HTTP API's limit on an image (``icg_upload_max_megapixels``) in pixels."""
+        return self.checked("upload_max_megapixels") * 1_000_000
 
     def template_obj(self) -> PromptTemplate:
         try:
@@ -158,7 +174,7 @@ def on_ui_settings() -> None:
         if opt.choices:
             choices = [MODEL_DEFAULT, *opt.choices] if name in UNSET else list(opt.choices)
             return info(default, label, gr.Radio, {"choices": choices})
-        if opt.type is int and name != "seed":
+        if opt.type is int and name not in ("seed", "threads"):
             low = 0 if name in UNSET else opt.minimum
             return info(default, label, gr.Slider, {"minimum": low, "maximum": opt.maximum, "step": 1})
         if opt.type is int:
@@ -197,6 +213,8 @@ def on_ui_settings() -> None:
             "", "Models folder (empty: <models>/icg; --icg-models-dir wins)", component_args=hide_dirs
         ),
         "icg_allow_download": info(True, "Download missing models when they are first used"),
+        "icg_dtype": rendered("dtype", " (auto: fp32 under --no-half; int8: CPU only)"),
+        "icg_threads": rendered("threads", " on the CPU (0: all but one)"),
         "icg_autocaption": info(False, "Write a caption file beside every generated image"),
         "icg_autocaption_model": info(
             DEFAULT_CHOICE,
