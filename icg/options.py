@@ -294,8 +294,8 @@ RUNTIME = OptionGroup(
                "only on CPUs with AVX512-BF16/AMX; int8: CLIP's image tower and the language model "
                "quantised to int8, int8-clip: CLIP's image tower only (both CPU only, faster, slightly "
                "different captions)", "Precision", choices=DTYPES),
-        Option("threads", int, 0, "CPU threads for captioning inside the WebUI (0: all but one, so the "
-               "WebUI stays responsive)", "CPU threads", 0, 1024, step=1),
+        Option("threads", int, 0, "CPU threads for captioning inside the WebUI (0: all but one from 4 "
+               "up, so the WebUI stays responsive)", "CPU threads", 0, 1024, step=1),
     ),
 )
 

@@ -3,7 +3,10 @@
 Captioning on the CPU keeps every intra-op thread busy; the WebUI's server threads (Gradio, the API,
 progress polling) then wait for a core, and the page stalls. Inside a WebUI job ICG therefore runs with
 ``caption_threads(setting, available)`` threads: the ``icg_threads`` setting (``icg.options.RUNTIME``)
-when it is above 0, else all but one of the threads the host runs torch with, so one core stays free.
+when it is above 0, else all but one of the threads the host runs torch with once it runs at least
+``KEEP_ONE_FROM`` of them, so one core stays free. Below that every thread captions: on a 2-core laptop
+the cap would halve captioning speed, while the server thread it frees answered a probe in 3.6 instead
+of 4.3 ms (``icg bench --suite threads``), which nobody notices.
 
 ``torch.set_num_threads`` is process-wide in name, but with the OpenMP backend it sets the calling
 thread's team size (and the default of threads that start torch work later). ``limited_threads`` sets it
@@ -22,14 +25,17 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
+#: From this many threads up, automatic mode leaves one for the WebUI's server (it costs at most 1/4).
+KEEP_ONE_FROM = 4
+
 
 def caption_threads(setting: int | None, available: int) -> int:
     """Threads for captioning: ``setting`` when above 0 (at most ``available``), else all but one of
-    the ``available`` ones; at least 1."""
+    the ``available`` ones when there are at least ``KEEP_ONE_FROM``, else all of them; at least 1."""
     available = max(1, int(available))
     if setting and setting > 0:
         return min(int(setting), available)
-    return max(1, available - 1)
+    return available - 1 if available >= KEEP_ONE_FROM else available
 
 
 @contextlib.contextmanager

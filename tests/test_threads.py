@@ -12,8 +12,10 @@ from icg.threads import caption_threads, limited_threads
     ("setting", "available", "expected"),
     [
         (0, 8, 7),  # auto: all but one core
-        (0, 2, 1),
-        (0, 1, 1),  # never below one
+        (0, 4, 3),
+        (0, 3, 3),  # below four threads the cap would cost a third or half of the speed: none
+        (0, 2, 2),
+        (0, 1, 1),
         (None, 4, 3),
         (3, 8, 3),  # the setting
         (16, 8, 8),  # at most what the host runs with

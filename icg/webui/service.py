@@ -6,8 +6,8 @@ Host etiquette, as the built-in interrogator does it: models run on ``devices.de
 ``queue_lock`` (so captioning never runs beside image generation); under ``--lowvram``/``--medvram`` the
 WebUI's models are moved off the GPU first (``lowvram.send_everything_to_cpu``) and ours after; our models
 go to the CPU after each job unless "keep models in memory" is set; ``devices.torch_gc()`` follows. On
-the CPU a job runs with fewer torch threads (``icg.threads``: all but one, or the ``icg_threads``
-setting), so the WebUI's server threads keep a core.
+the CPU a job runs with fewer torch threads (``icg.threads``: all but one from 4 threads up, or the
+``icg_threads`` setting), so the WebUI's server threads keep a core.
 Tab and API jobs are ``shared.state`` jobs (progress bar, Interrupt and Skip) that end in ``finally``.
 """
 

@@ -214,7 +214,7 @@ def on_ui_settings() -> None:
         ),
         "icg_allow_download": info(True, "Download missing models when they are first used"),
         "icg_dtype": rendered("dtype", " (auto: fp32 under --no-half; int8: CPU only)"),
-        "icg_threads": rendered("threads", " on the CPU (0: all but one)"),
+        "icg_threads": rendered("threads", " on the CPU (0: all but one from 4 threads up)"),
         "icg_autocaption": info(False, "Write a caption file beside every generated image"),
         "icg_autocaption_model": info(
             DEFAULT_CHOICE,
