@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -67,13 +68,50 @@ def test_sbg_benchmark_suite_does_the_same_work_on_both_paths():
     assert part["checks"] == {
         "sbg: trimmed text features equal the 77-token ones (12 prompts)": True,
         "sbg: same work on both paths (5 x 3 new tokens)": True,
+        "sbg: shared prompt cache gives today's candidates (1 images)": True,
     }
     rows = part["seconds_per_image"]
     assert {"sbg_lib_keywords", "sbg_lib_rerank", "sbg_lib_total", "sbg_pred_total est."} <= set(rows)
+    assert {"sbg_today_total", "sbg_today_generate_5_in_1 (3tok)"} <= set(rows)
+    assert "sbg b1: today (prompt per candidate) / shared prompt" in part["ratios"]
     assert rows["sbg_lib_total"] == pytest.approx(
         rows["sbg_lib_keywords"] + rows["sbg_lib_generate_5_in_1 (3tok)"] + rows["sbg_lib_rerank"]
     )
     assert all(value > 0 for value in part["ratios"].values())
+
+
+class _FakeClock:
+    """A clock that only moves when the measured function runs: its first call costs 100, later ones 1."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self) -> int:
+        self.calls += 1
+        self.now += 100.0 if self.calls == 1 else 1.0
+        return self.calls
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_bench_timings_exclude_the_warm_up_run(quick, monkeypatch):
+    """Every suite times through ``BenchContext.timed``: quick and full runs both do an untimed warm-up
+    run first, so the one-off cost of a first call never lands in a row (quick mode once reported batch 8
+    slower than batch 1 because only its batch-8 pass paid it)."""
+    from icg.bench import core
+
+    clock = _FakeClock()
+    monkeypatch.setattr(core, "time", SimpleNamespace(perf_counter=clock))  # the bench's clock only
+    ctx = _tiny_context(batch=2, tokens=2)
+    ctx.quick = quick
+    seconds, result = ctx.timed(clock.work)
+    assert seconds == 1.0  # the warm-up's 100 is not in it
+    assert clock.calls == result == (2 if quick else 4)  # warm-up + 1 timed run, or + the median of 3
+    clock2 = _FakeClock()
+    assert core.timed(clock2.work, repeats=1, clock=clock2) == (100.0, 1)  # no warm-up asked: it counts
 
 
 def _imports(path: Path) -> set[str]:

@@ -14,7 +14,9 @@ a tokenizer's vocabulary.
 
 The folder holds 4 batches' worth of images (at least 8), so decoding the next batches can overlap the
 model (the first batch always waits for its images); ``--quick`` uses one batch's worth, which shows the
-throughput but not that overlap. Reported per image: wall time at batch 1
+throughput but not that overlap. Each batch size is timed after an untimed warm-up pass over the same
+folder (``BenchContext.timed``), in both modes: a first pass at a batch size pays one-off costs that a
+folder of hundreds of images does not. Reported per image: wall time at batch 1
 and B, the single-thread cost of decoding and preprocessing one image, and, at batch B, the model's time
 and the time the engine sat waiting for decoded images. When that wait is a large share of the run, the
 folder is decode-bound (more ``--workers`` or a faster disk help); otherwise it is model-bound (a bigger

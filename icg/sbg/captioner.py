@@ -5,7 +5,8 @@ Per batch of images (``caption_features``):
 1. keywords: ``KeywordSelector`` over the ``LabelBank`` (built on first use from the shared CLIP's text
    tower and cached on disk under ``<models_dir>/cache/``), so this step is matrix products only;
 2. generate: every image's prompt ``"kw1, kw2, ... ###"``, left-padded into one batch, and ``num_samples``
-   continuations per image drawn in ONE ``generate`` call, seeded with a ``torch.Generator``;
+   continuations per image drawn in ONE ``generate`` call, seeded with a ``torch.Generator``; each
+   distinct prompt runs through the model once and its KV cache is shared by its candidates;
 3. each continuation is cut at the separator and at the first ``"."`` (decoding stops at the first token
    that contains the stop text, which yields exactly the text that cutting a longer sample would);
 4. re-rank: the candidates of all images are encoded in one ``encode_texts`` call and ordered by cosine
@@ -124,6 +125,9 @@ class SbgCaptioner:
 
     kind = "sbg"
     normalize = True  # the keyword selection and re-ranking compare L2-normalised features
+    #: Each distinct prompt runs once and its KV cache serves all its candidates; False runs the prompt
+    #: once per candidate (the older path, kept for the bench's side-by-side: the same candidates).
+    share_prompts = True
 
     def __init__(
         self,
@@ -423,6 +427,7 @@ class SbgCaptioner:
             attention_mask=None if bool(mask.all()) else mask.to(device),
             stop_ids=self.stop_ids(cfg),
             generator=generators,
+            share_prompts=self.share_prompts,
         )
         return [[(self._candidate_text(g.tokens, cfg), g) for g in seqs] for seqs in outs], list(kept)
 
