@@ -41,32 +41,75 @@ CANDIDATE_HEADERS = ["#", "candidate", "score"]
 MAX_SEED = MAX_DRAWN_SEED
 
 
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+def user_errors(func: Callable[..., Any] | None = None, *, outputs: int = 0) -> Any:
     """Show an ``IcgError`` (an expected user error: no image, a missing model) as a message in the page
-    (``gr.Error``) instead of a generic "Error", and log it as one line, not a traceback."""
+    and log it as one line, not a traceback. ``outputs``: how many outputs the event has.
+
+    gradio 5+ takes ``gr.Error(..., print_exception=False)``. gradio 3.41 and 4.40 (A1111, Forge) print a
+    traceback for any exception an event raises, so there the error is a ``gr.Warning`` toast and the
+    event returns "no change" for each of its ``outputs`` (without ``outputs`` it still raises)."""
+    if func is None:
+        return functools.partial(user_errors, outputs=outputs)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except IcgError as err:
-            logger.warning("Image Caption: %s", " ".join(str(err).split()))
-            raise _gradio_error(err) from None
+            message = " ".join(str(err).split())
+            logger.warning("Image Caption: %s", message)
+            warned = _warn_quietly(message, outputs)
+            if warned is not None:
+                return warned
+            raise _gradio_error(message) from None
 
     return wrapper
 
 
-def _gradio_error(err: BaseException) -> Exception:
-    """A ``gr.Error`` with ``err``'s text; where this gradio can (5+), it prints no traceback of its own."""
+def listen(event: Callable[..., Any], func: Callable[..., Any], inputs: list[Any], outputs: list[Any],
+           **kwargs: Any) -> Any:
+    """``event(func, inputs, outputs)`` (a gradio listener such as ``button.click``) with ``func``'s user
+    errors shown as messages (``user_errors``)."""
+    return event(user_errors(func, outputs=len(outputs)), inputs=inputs, outputs=outputs, **kwargs)
+
+
+def _gradio_major() -> int:
+    import gradio as gr
+
+    return int(str(gr.__version__).split(".")[0])
+
+
+def _warn_quietly(message: str, outputs: int) -> Any:
+    """On gradio < 5: the message as a ``gr.Warning`` and a no-change update per output; else None."""
+    if outputs <= 0:
+        return None
     try:
         import gradio as gr
     except ImportError:  # pragma: no cover - handlers called without gradio installed
-        return err if isinstance(err, Exception) else RuntimeError(str(err))
+        return None
+    if _gradio_major() >= 5:
+        return None
+    gr.Warning(message)
+    updates = tuple(gr.update() for _ in range(outputs))
+    return updates[0] if outputs == 1 else updates
+
+
+def _gradio_error(message: str) -> Exception:
+    """A ``gr.Error`` showing ``message`` as it is (gradio's own ``str()`` is its ``repr``: quotes and
+    literal ``\\n`` in the toast); where this gradio can (5+), it prints no traceback of its own."""
+    try:
+        import gradio as gr
+    except ImportError:  # pragma: no cover - handlers called without gradio installed
+        return RuntimeError(message)
     import inspect
 
+    class UserError(gr.Error):
+        def __str__(self) -> str:
+            return self.message
+
     if "print_exception" in inspect.signature(gr.Error.__init__).parameters:
-        return gr.Error(str(err), print_exception=False)
-    return gr.Error(str(err))
+        return UserError(message, print_exception=False)
+    return UserError(message)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
@@ -170,7 +213,10 @@ class CaptionOutputs:
         )
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.caption, self.info, self.candidates, self.keywords, self.prompt)
+        return tuple(getattr(self, name) for name in CAPTION_OUTPUTS)
+
+
+CAPTION_OUTPUTS = ("caption", "info", "candidates", "keywords", "prompt")
 
 
 def describe(result: CaptionResult) -> str:
@@ -230,12 +276,12 @@ class CaptionController:
         )
 
     # Flat signatures for gradio (inputs are positional, in the panel's order); user errors -> gr.Error.
-    @user_errors
+    @user_errors(outputs=len(CAPTION_OUTPUTS))
     def caption_event(self, image, model, *values):
         decoding, prompt = _split_values(values)
         return self.caption(image, model, decoding, prompt).as_tuple()
 
-    @user_errors
+    @user_errors(outputs=len(CAPTION_OUTPUTS))
     def regenerate_event(self, keywords, image, model, *values):
         decoding, prompt = _split_values(values)
         return self.regenerate(keywords, image, model, decoding, prompt).as_tuple()
@@ -538,5 +584,6 @@ __all__ = [
     "describe",
     "stream_job",
     "table",
+    "listen",
     "user_errors",
 ]

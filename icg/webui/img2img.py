@@ -61,19 +61,15 @@ def wire_img2img_button(button: Any, prompt: Any, images: list[Any]) -> None:
     """Connect the caption button: inputs (mode tab index, prompt, image components), output the prompt."""
     import gradio as gr
 
-    from icg.ui.handlers import user_errors
+    from icg.ui.handlers import listen
 
     tab_index = gr.Number(value=0, visible=False, elem_id="icg_img2img_tab_index")
     js = (
         "(...a) => { a[0] = (typeof get_tab_index === 'function') ? get_tab_index('mode_img2img') : 0; "
         "return a; }"
     )
-    button.click(
-        user_errors(img2img_caption),
-        inputs=[tab_index, prompt, *images],
-        outputs=[prompt],
-        **host.js_kwargs(button.click, js),
-    )
+    inputs = [tab_index, prompt, *images]
+    listen(button.click, img2img_caption, inputs, [prompt], **host.js_kwargs(button.click, js))
 
 
 def img2img_script_class() -> type:

@@ -248,7 +248,7 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
     """The panel inside the current block; ``tab``: the tab holding it, whose ``select`` refreshes it."""
     import gradio as gr
 
-    from icg.ui.handlers import user_errors
+    from icg.ui.handlers import listen
     from icg.ui.panels import watch_models_folder
 
     with gr.Column(elem_id="icg_models_panel"):
@@ -318,17 +318,13 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
         service.unload()
         return "Models unloaded; memory returned.", models_table(service)
 
-    refresh.click(user_errors(on_refresh), inputs=[], outputs=[models, model])
+    listen(refresh.click, on_refresh, [], [models, model])
     if tab is not None:
-        tab.select(user_errors(on_refresh), inputs=[], outputs=[models, model])
-    download.click(user_errors(on_download), inputs=[model], outputs=[status, models])
-    unload.click(user_errors(on_unload), inputs=[], outputs=[status, models])
-    import_button.click(
-        user_errors(on_import), inputs=[import_path, import_id], outputs=[status, models, model]
-    )
-    upload_button.click(
-        user_errors(on_upload), inputs=[upload, import_id], outputs=[status, models, model]
-    )
+        listen(tab.select, on_refresh, [], [models, model])
+    listen(download.click, on_download, [model], [status, models])
+    listen(unload.click, on_unload, [], [status, models])
+    listen(import_button.click, on_import, [import_path, import_id], [status, models, model])
+    listen(upload_button.click, on_upload, [upload, import_id], [status, models, model])
     return ModelsPanel(
         models, model, refresh, download, unload, status, import_path, import_id, import_button,
         upload, upload_button,
