@@ -95,6 +95,71 @@ def spec_from_folder(folder: str | Path) -> ClipSpec:
     )
 
 
+def _model_config(spec: ClipSpec) -> dict[str, Any]:
+    """The open_clip model config of ``spec`` (a local ``config_path`` is checked and registered with
+    open_clip first, so ``create_model`` finds it by ``spec.arch``)."""
+    import open_clip
+
+    if spec.config_path:
+        config = Path(spec.config_path)
+        if not config.is_file():
+            raise ConfigError(f"{config}: open_clip model config not found")
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{config}: not a readable JSON model config ({err})") from err
+        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ConfigError(f"{config}: an open_clip model config needs embed_dim, vision_cfg, text_cfg")
+        from icg.captioners.limits import check_open_clip_config
+
+        check_open_clip_config(cfg, str(config))  # sane sizes before open_clip builds anything
+        open_clip.add_model_config(config)
+    cfg = open_clip.get_model_config(spec.arch)
+    if cfg is None:
+        raise ConfigError(f"open_clip has no model config named {spec.arch!r}")
+    return cfg
+
+
+def preprocess_config(spec: ClipSpec) -> dict[str, Any]:
+    """How ``spec``'s CLIP preprocesses an image, from its config alone (no weights): a plain dict of
+    ``image_transform`` arguments (``size``, ``mean``, ``std``, and on open_clip 3 ``resize_mode``,
+    ``interpolation``, ``fill_color``), built as open_clip builds it: its defaults, then the model
+    config's ``preprocess_cfg``, then the pretrained tag's (only when open_clip loads the tag's
+    weights itself), with the tower's image size. Plain values, so it travels to Ray tasks as is."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = _model_config(spec)
+    found: dict[str, Any] = dict(cfg.get("preprocess_cfg") or {})
+    pretrained = None if spec.weights_path else spec.pretrained
+    if pretrained:
+        found.update({k: v for k, v in (get_pretrained_cfg(spec.arch, pretrained) or {}).items()})
+    size = cfg["vision_cfg"].get("image_size", 224)
+    out: dict[str, Any] = {"size": list(size) if isinstance(size, (list, tuple)) else int(size)}
+    for key in ("mean", "std", "resize_mode", "interpolation", "fill_color"):
+        if found.get(key) is not None:
+            out[key] = list(found[key]) if isinstance(found[key], (list, tuple)) else found[key]
+    return out
+
+
+def image_transform(config: dict[str, Any]):
+    """The eval-time image transform (PIL image -> ``(3, H, W)`` float tensor) for a
+    ``preprocess_config``: open_clip's own ``image_transform``, given the arguments this open_clip
+    release takes (2.20 has no ``resize_mode``/``interpolation`` and always resizes the shortest side
+    bicubically, as its own ``create_model_and_transforms`` does)."""
+    import inspect
+
+    import open_clip
+
+    accepted = inspect.signature(open_clip.image_transform).parameters
+    size = config["size"]
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k != "size"}
+    return open_clip.image_transform(
+        tuple(size) if isinstance(size, list) else size,
+        is_train=False,
+        **{k: v for k, v in kwargs.items() if k in accepted},
+    )
+
+
 class ClipEncoder:
     """open_clip model + preprocess + tokenizer. Use ``ClipEncoder.load(spec)`` to build one."""
 
@@ -118,27 +183,12 @@ class ClipEncoder:
 
         device = resolve_device(device)
         dtype = resolve_dtype(device, dtype)
-        if spec.config_path:
-            config = Path(spec.config_path)
-            if not config.is_file():
-                raise ConfigError(f"{config}: open_clip model config not found")
-            try:
-                cfg = json.loads(config.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"{config}: not a readable JSON model config ({err})") from err
-            if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-                raise ConfigError(
-                    f"{config}: an open_clip model config needs embed_dim, vision_cfg, text_cfg"
-                )
-            from icg.captioners.limits import check_open_clip_config
-
-            check_open_clip_config(cfg, str(config))  # sane sizes before open_clip builds anything
-            open_clip.add_model_config(config)
+        preprocess = image_transform(preprocess_config(spec))
         pretrained = None if spec.weights_path else spec.pretrained
         log.info("loading CLIP %s on %s (%s)", spec.id, device, dtype)
         try:
             with without_weights_warning(pretrained is None), no_init(bool(spec.weights_path)):
-                model, _, preprocess = open_clip.create_model_and_transforms(
+                model = open_clip.create_model(
                     spec.arch,
                     pretrained=pretrained,
                     force_quick_gelu=spec.quick_gelu,

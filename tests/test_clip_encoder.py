@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icg.clip_encoder import ClipEncoder, spec_from_folder
+from icg.clip_encoder import ClipEncoder, image_transform, preprocess_config, spec_from_folder
 from icg.config import ClipSpec
 from icg.errors import CheckpointError, ConfigError
 
@@ -39,6 +39,27 @@ def test_raw_features_on_request(encoder):
     raw = encoder.encode_images(images(2), normalize=False)
     unit = encoder.encode_images(images(2))
     assert torch.allclose(raw / raw.norm(dim=-1, keepdim=True), unit, atol=1e-5)
+
+
+def test_transform_from_the_config_alone_is_open_clips_own(fixture_files, encoder):
+    """``icg dataset`` preprocesses in CPU tasks from ``preprocess_config`` (no weights loaded): the
+    pixels equal those of the transform open_clip builds with the model, and the config is plain data."""
+    import open_clip
+
+    spec = spec_from_folder(fixture_files["clip_dir"])
+    config = preprocess_config(spec)
+    assert json.loads(json.dumps(config)) == config  # plain values: they travel to Ray tasks as they are
+    _, _, theirs = open_clip.create_model_and_transforms(spec.arch)
+    ours = image_transform(config)
+    for pic in images(3):
+        assert torch.equal(ours(pic), theirs(pic))
+        assert torch.equal(encoder.preprocess(pic), theirs(pic))
+
+
+def test_transform_of_the_default_clip_needs_no_weights():
+    config = preprocess_config(ClipSpec(arch="ViT-L-14", pretrained="openai", quick_gelu=True))
+    assert config["size"] == 224
+    assert image_transform(config)(images(1)[0]).shape == (3, 224, 224)
 
 
 def test_preprocessed_tensors_are_accepted(encoder):

@@ -195,17 +195,24 @@ def write_gpt2_tokenizer(folder: Path, size: int = 50257, seed: int = 0) -> None
 
 
 # ------------------------------------------------------------------------------------------ the commands
+def prefix_setup(folder: Path, size: str) -> tuple[str, dict[str, str]]:
+    """The CLIP-prefix model of the cache ``folder`` (a registry id at the real size, found in the
+    folder as a models folder; a path otherwise) and the runtime settings naming its CLIP and tokenizer
+    (none at the real size: the registry's defaults)."""
+    if size == "real":
+        return "clip-prefix-flickr8k", {}
+    return str(folder / "prefix"), {"clip": str(folder / "clip"), "tokenizer": str(folder / "tokenizer")}
+
+
 def commands(folder: Path, size: str, tokens: int) -> dict[str, list[str]]:
     """name -> the arguments of one cold start (``caption``, ``sbg``: the CLI; ``app``: the app child),
     each caption at most ``tokens`` long (random weights never stop on their own; a trained model's
     first caption is about 15 tokens), SBG seeded."""
     image = str(folder / "photo000.jpg")
     base = ["--models-dir", str(folder), "--device", "cpu"]
-    if size == "real":
-        prefix, sbg, runtime = "clip-prefix-flickr8k", "sbg-flickr8k", {}
-    else:
-        prefix, sbg = str(folder / "prefix"), str(folder / "sbg")
-        runtime = {"clip": str(folder / "clip"), "tokenizer": str(folder / "tokenizer")}
+    prefix, runtime = prefix_setup(folder, size)
+    sbg = "sbg-flickr8k" if size == "real" else str(folder / "sbg")
+    if runtime:
         base += ["--clip", runtime["clip"], "--tokenizer", runtime["tokenizer"]]
     cli = [sys.executable, "-m", "icg", "caption", image, *base, "--max-new-tokens", str(tokens)]
     vocab = [] if size == "real" else ["--vocabulary", str(folder / "vocab")]

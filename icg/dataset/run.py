@@ -2,17 +2,23 @@
 
 The Ray pipeline, for the rows of ``icg.dataset.sources`` not already in ``--out``:
 
+0. ``clip_preprocessing`` in one CPU task on a node of the cluster (where the models are, which need not
+   be the driver's machine): which CLIP the model uses, and that CLIP's preprocessing as plain data
+   (``icg.clip_encoder.preprocess_config``, read from its config, no weights loaded);
 1. ``decode_images`` in CPU tasks: read (from ``path`` or the row's bytes), EXIF-rotate and convert with
-   ``icg.imaging.load_image`` (the loader ``icg batch`` uses), into raw RGB bytes; an unreadable image
-   becomes a row with its ``error`` and no pixels;
+   ``icg.imaging.load_image`` (the loader ``icg batch`` uses), then CLIP's preprocessing
+   (``icg.clip_encoder.image_transform``, the transform ``ClipEncoder`` uses) into a ``pixels`` tensor
+   column; an unreadable image becomes a row with its ``error`` and zero pixels;
 2. ``CaptionActor`` in a pool of actors (``ActorPoolStrategy(min, max)``), one GPU each
    (``num_gpus=1``) when the cluster has GPUs, CPU actors otherwise. Each actor loads its models once,
    through a ``ModelManager`` on its own node (``--models-dir``, ``--download``, ``--clip`` as
-   everywhere in ICG), and captions each batch through ``icg.pipeline.caption_batch``, the one
-   captioning path, after the CLIP model's own preprocessing (the transform comes with the loaded CLIP,
-   so it runs where the CLIP is). Actors are restarted and their batches retried when they die;
+   everywhere in ICG), and captions each batch of pixels through ``icg.pipeline.caption_batch``, the one
+   captioning path. Actors are restarted and their batches retried when they die;
 3. the driver streams the results, writes sidecars when asked (``icg.sinks.write_sidecar``: the policies
    and atomic writes of ``icg batch``) and commits shards (``icg.dataset.shards``).
+
+Ray's own console output (worker logs, the raylet's messages such as out-of-memory kills) goes to
+stderr while the run lasts, so stdout holds only what ICG prints (the summary, or ``--json``).
 
 Every key is written once: resume drops the keys of committed shards before decoding, and the driver
 drops a key it has already written in this run (counted as ``duplicates``).
@@ -25,10 +31,13 @@ driver at a known point of a run, never by timing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -120,6 +129,10 @@ class DatasetSummary:
     shards: list[str] = field(default_factory=list)
     stale_temps_removed: int = 0
     seconds: float = 0.0
+    #: when the first batch of results reached the driver (seconds after the run's start; the actors
+    #: loaded their models before it) and how many rows it held: the steady state is what came after
+    first_batch_seconds: float | None = None
+    first_batch_rows: int = 0
 
     @property
     def processed(self) -> int:
@@ -128,6 +141,15 @@ class DatasetSummary:
     @property
     def images_per_second(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float | None:
+        """Images/s from the first batch of results to the last (model loading and the pipeline's
+        start excluded); None when everything came in one batch."""
+        rest = self.processed - self.first_batch_rows
+        if self.first_batch_seconds is None or rest <= 0 or self.seconds <= self.first_batch_seconds:
+            return None
+        return rest / (self.seconds - self.first_batch_seconds)
 
     @property
     def exit_code(self) -> int:
@@ -150,6 +172,7 @@ class DatasetSummary:
             "shards": list(self.shards),
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
+            "steady_images_per_second": self.steady_images_per_second,
             "exit_code": self.exit_code,
         }
 
@@ -177,42 +200,70 @@ def format_summary(summary: DatasetSummary, max_failures: int = 20) -> str:
 # ------------------------------------------------------------------------------------------ CPU tasks
 
 
-def decode_images(table, max_pixels: int | None):
-    """Rows of ``key``/``path``/``data`` (and maybe ``error``) -> ``key``/``path``/``rgb``/``width``/
-    ``height``/``error``: each image decoded upright RGB by ``icg.imaging.load_image``, or its error."""
+def clip_preprocessing(model: str, runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``preprocess_config`` of ``model``'s CLIP, resolved as the actors will (the captioner is
+    loaded on the CPU to learn which CLIP it uses; the CLIP itself is not)."""
+    from icg.clip_encoder import preprocess_config
+    from icg.models.manager import ModelManager, RuntimeConfig
+
+    manager = ModelManager(RuntimeConfig(**{**runtime, "device": "cpu", "dtype": "auto"}))
+    with manager.session():
+        spec = manager.captioner(model).clip_spec
+    manager.unload()
+    return preprocess_config(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _transform(config_json: str):
+    """The image transform of a ``preprocess_config`` (as JSON), built once per worker process."""
+    from icg.clip_encoder import image_transform
+
+    return image_transform(json.loads(config_json))
+
+
+def pixel_shape(preprocessing: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(3, H, W)``: the shape of one image's pixels after the CLIP transform (a centre crop or a
+    squash or a padded resize to ``size``, whatever the resize mode)."""
+    size = preprocessing["size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return 3, int(height), int(width)
+
+
+def decode_images(table, max_pixels: int | None, preprocessing: Mapping[str, Any]):
+    """Rows of ``key``/``path``/``data`` (and maybe ``error``) -> ``key``/``path``/``error``/``pixels``:
+    each image decoded upright RGB by ``icg.imaging.load_image`` and preprocessed by the CLIP's
+    transform into a float32 ``(3, H, W)`` tensor, or its error (and zeros)."""
+    import numpy as np
     import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
 
     from icg.imaging import load_image
+
+    transform = _transform(json.dumps(preprocessing, sort_keys=True))
 
     columns = table.column_names
     keys = table.column("key").to_pylist()
     paths = table.column("path").to_pylist()
     datas = table.column("data").to_pylist()
     errors = table.column("error").to_pylist() if "error" in columns else [None] * len(keys)
-    rgb, width, height, error = [], [], [], []
-    for path, data, err in zip(paths, datas, errors):
-        pixels = None
+    pixels = np.zeros((len(keys), *pixel_shape(preprocessing)), dtype=np.float32)
+    error = []
+    for i, (path, data, err) in enumerate(zip(paths, datas, errors)):
         if err is None:
             try:
                 image = load_image(data if data is not None else path, max_pixels=max_pixels)
-                pixels = image.tobytes()
-                size = image.size
+                pixels[i] = transform(image).numpy()
             except IcgError as exc:
                 err = _strip_source(str(exc), path)
             except Exception as exc:  # noqa: BLE001 - whatever one file does, the job goes on
                 err = f"cannot read image ({type(exc).__name__}: {exc})"
-        rgb.append(pixels)
-        width.append(size[0] if pixels is not None else None)
-        height.append(size[1] if pixels is not None else None)
         error.append(err)
     return pa.table(
         {
             "key": pa.array(keys, pa.string()),
             "path": pa.array(paths, pa.string()),
-            "rgb": pa.array(rgb, pa.binary()),
-            "width": pa.array(width, pa.int32()),
-            "height": pa.array(height, pa.int32()),
             "error": pa.array(error, pa.string()),
+            "pixels": ArrowTensorArray.from_numpy(pixels),
         }
     )
 
@@ -229,7 +280,7 @@ def _strip_source(message: str, path: str | None) -> str:
 
 
 class CaptionActor:
-    """A model actor: loads the models once, then captions batches of decoded images."""
+    """A model actor: loads the models once, then captions batches of preprocessed pixels."""
 
     def __init__(self, model: str, runtime: Mapping[str, Any], decoding, caption, template) -> None:
         import ray
@@ -241,7 +292,7 @@ class CaptionActor:
         self.manager = ModelManager(RuntimeConfig(**runtime))
         with self.manager.session():
             captioner = self.manager.captioner(model)
-            self.clip = self.manager.clip(captioner.clip_spec)
+            self.manager.clip(captioner.clip_spec)  # loaded now, not on the first batch
             self.decoding = resolve_decoding(captioner, decoding)
         self.caption = caption
         self.template = template
@@ -250,29 +301,32 @@ class CaptionActor:
         self.batches = 0
         logger.info("caption actor %s ready on node %s (%s)", self.worker, self.node, self.manager.device)
 
-    def __call__(self, table):
+    def __call__(self, batch):
+        """``batch``: numpy columns ``key``, ``path``, ``error`` and ``pixels`` (``decode_images``)."""
         import pyarrow as pa
-        from PIL import Image
+        import torch
 
         from icg.dataset.shards import schema
         from icg.pipeline import caption_batch
 
         _hold_for_tests(self.batches)
         self.batches += 1
-        rows = table.to_pylist()
-        good = [r for r in rows if r["error"] is None]
+        rows = [
+            {"key": k, "path": p, "error": e}
+            for k, p, e in zip(batch["key"].tolist(), batch["path"].tolist(), batch["error"].tolist())
+        ]
+        good = [i for i, r in enumerate(rows) if r["error"] is None]
         results: dict[str, Any] = {}
         if good:
-            images = [Image.frombytes("RGB", (r["width"], r["height"]), r["rgb"]) for r in good]
-            pixels = self.clip.preprocess_images(images)
+            pixels = torch.from_numpy(batch["pixels"][good])
             try:
                 captioned = caption_batch(
                     self.manager, self.model, pixels, decoding=self.decoding, options=self.caption
                 )
-                results = {r["key"]: res for r, res in zip(good, captioned)}
+                results = {rows[i]["key"]: res for i, res in zip(good, captioned)}
             except IcgError as exc:
-                for r in good:
-                    r["error"] = str(exc)
+                for i in good:
+                    rows[i]["error"] = str(exc)
         out = [self._row(r, results.get(r["key"])) for r in rows]
         return pa.Table.from_pylist(out, schema=schema())
 
@@ -333,7 +387,7 @@ def connect(options: DatasetOptions):
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "log_to_driver": logger.isEnabledFor(logging.INFO),
+        "log_to_driver": True,  # to stderr: see run_dataset
     }
     if HOLD_ENV in os.environ:
         kwargs["runtime_env"] = {"env_vars": {HOLD_ENV: os.environ[HOLD_ENV]}}
@@ -351,7 +405,6 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
 
     Errors in the options, the input or the models raise ``IcgError``; a bad image never does.
     """
-    from icg.batch.engine import auto_batch_size
     from icg.dataset.shards import ShardWriter, done_keys, remove_stale_temps
     from icg.dataset.sources import resolve
 
@@ -367,6 +420,17 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
     summary = DatasetSummary(options.input, os.fspath(options.out), options.model)
     summary.stale_temps_removed = remove_stale_temps(options.out)
     done = done_keys(options.out)
+    # Ray prints its workers' stdout and the raylet's messages to sys.stdout: stderr instead, so that
+    # stdout holds only ICG's own output (the summary or --json). Ray stops printing at shutdown.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(options, source, writer, summary, done, notify)
+
+
+def _run(
+    options: DatasetOptions, source, writer, summary: DatasetSummary, done: set[str], notify
+) -> DatasetSummary:
+    from icg.batch.engine import auto_batch_size
+
     ray, started = connect(options)
     try:
         ctx = ray.data.DataContext.get_current()
@@ -381,19 +445,20 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
             summary.skipped = len(done)
         if done:
             notify(f"icg: {len(done)} image(s) already in {options.out}; skipping them")
+        preprocessing = _remote(ray, clip_preprocessing, options.model, dict(options.runtime))
         ds = ds.map_batches(
             decode_images,
             batch_size=batch_size,
             batch_format="pyarrow",
             num_cpus=DECODE_CPUS,
-            fn_kwargs={"max_pixels": options.max_pixels},
+            fn_kwargs={"max_pixels": options.max_pixels, "preprocessing": preprocessing},
         )
         low, high = options.actors
         ds = ds.map_batches(
             CaptionActor,
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
             batch_size=batch_size,
-            batch_format="pyarrow",
+            batch_format="numpy",
             fn_constructor_kwargs={
                 "model": options.model,
                 "runtime": dict(options.runtime),
@@ -408,6 +473,9 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
         written: set[str] = set()
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if summary.first_batch_seconds is None:
+                    summary.first_batch_seconds = time.perf_counter() - start
+                    summary.first_batch_rows = batch.num_rows
                 rows = [r for r in batch.to_pylist() if _first(r, written, summary)]
                 for row in rows:
                     _account(row, options, summary)
@@ -424,6 +492,19 @@ def run_dataset(options: DatasetOptions, *, notify: Callable[[str], None] | None
         if started:
             ray.shutdown()
     return summary
+
+
+def _remote(ray, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in one CPU task on the cluster; an ``IcgError`` it raises (a missing model,
+    say) is raised here as it is, without Ray's traceback."""
+    task = ray.remote(num_cpus=DECODE_CPUS, max_retries=1)(function)
+    try:
+        return ray.get(task.remote(*args))
+    except Exception as err:  # noqa: BLE001 - Ray wraps the task's own error
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, IcgError):
+            raise cause from None
+        raise IcgError(f"the Ray job failed: {_last_line(err)}") from err
 
 
 def _first(row: dict[str, Any], written: set[str], summary: DatasetSummary) -> bool:
