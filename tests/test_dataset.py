@@ -39,7 +39,12 @@ needs_ray = pytest.mark.skipif(
     not HAVE_RAY, reason='Ray is not installed (the optional "scale" extra: pip install "icg[scale]")'
 )
 NAMES = ["a.png", "b.jpg", "sub/c.png", "d.png", "e.png"]
-WAIT = 240  # seconds: generous bounds on waits for events of a run (a busy 2-core machine is slow)
+WAIT = 600  # seconds: generous bounds on waits for events of a run (a busy 2-core machine is slow)
+# Ray starts its workers at nice 15: on a machine kept busy by other processes they then get almost no
+# CPU and a run crawls for many minutes. The tests' workers compete at the normal priority (Ray's own job
+# manager does the same for its drivers); Ray reads this when a node starts, here and in the nodes the
+# tests start with ``ray start``.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="module")
