@@ -22,9 +22,15 @@ def _tiny_context(batch: int, tokens: int):
     return BenchContext(torch.device("cpu"), torch.float32, "tiny", batch=batch, tokens=tokens, quick=True)
 
 
-def test_bench_tiny_quick_reports_ratios(capsys):
+def test_bench_tiny_quick_reports_ratios_and_leaves_no_temporary_files(capsys, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     argv = ["bench", "--size", "tiny", "--quick", "--batch", "4", "--tokens", "5", "--suite", "prefix"]
     assert main([*argv, "--json"]) == 0
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")] == []
     report = json.loads(capsys.readouterr().out)
     assert report["checks"] == {"greedy tokens identical to the predecessor loop (2 images)": True}
     assert {"decode_predecessor_b1", "decode_library_b1", "decode_library_b4"} <= set(

@@ -75,7 +75,9 @@ class BenchContext:
 
                 from icg.tiny import CLIP_NAME, tiny_clip_spec
 
-                tiny_clip_spec(Path(tempfile.mkdtemp(prefix="icg-bench-")))
+                # Registers the tiny architecture with open_clip; the files themselves are not needed.
+                with tempfile.TemporaryDirectory(prefix="icg-bench-") as tmp:
+                    tiny_clip_spec(Path(tmp))
                 arch = CLIP_NAME
             torch.manual_seed(0)
             with without_weights_warning():
