@@ -28,7 +28,7 @@ import pytest
 
 from icg.cli import main
 from icg.dataset.shards import committed_shards, read_rows, read_shard
-from icg.dataset.sources import resolve, webdataset_key
+from icg.dataset.sources import remote_key, resolve, webdataset_key
 from icg.sinks import read_manifest
 from tests.test_batch_cli import model_args
 from tests.test_batch_engine import make_images
@@ -187,6 +187,13 @@ def test_webdataset_keys():
     assert webdataset_key("abc.seg.png") == "abc"
 
 
+def test_remote_keys_are_relative_to_the_folder_given():
+    assert remote_key("s3://b/photos", "b/photos/sub/a.jpg") == ("sub/a.jpg", "s3://b/photos/sub/a.jpg")
+    assert remote_key("s3://b/photos/", "b/photos/a.jpg") == ("a.jpg", "s3://b/photos/a.jpg")
+    assert remote_key("gs://b/photos/a.jpg", "b/photos/a.jpg") == ("a.jpg", "gs://b/photos/a.jpg")
+    assert remote_key("s3://b/photos", "b/photos-2/a.jpg") == ("b/photos-2/a.jpg", "s3://b/photos-2/a.jpg")
+
+
 # ------------------------------------------------------------------------------------- with Ray
 
 
@@ -311,6 +318,78 @@ def test_parquet_bytes_and_webdataset_shards_caption_like_files(tmp_path, refere
     assert {k: r["caption"] for k, r in rows.items()} == {
         f"s{i}": expected[p.relative_to(src).as_posix()] for i, p in enumerate(paths)
     }
+
+
+@pytest.fixture
+def s3_bucket():
+    """A local S3 server (moto's) holding an empty bucket ``images``: ``(boto3 client, environment)``,
+    the environment being what a process needs to reach it (pyarrow reads ``AWS_ENDPOINT_URL``)."""
+    moto_server = pytest.importorskip(
+        "moto.server", reason='moto is not installed (the "test-s3" extra: pip install "icg[test-s3]")'
+    )
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        client.create_bucket(Bucket="images")
+        yield client, env
+    finally:
+        server.stop()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_s3_folder_captions_like_the_local_folder_and_resumes(tmp_path, reference, s3_bucket):
+    client, s3_env = s3_bucket
+    src = tmp_path / "src"
+    paths = make_images(src, NAMES[:3])  # the reference run's images (seeded by name)
+    expected = {r["key"]: r["caption"] for r in read_rows(reference[1]) if r["key"] in NAMES[:3]}
+    for path in paths:
+        key = f"photos/{path.relative_to(src).as_posix()}"
+        client.put_object(Bucket="images", Key=key, Body=path.read_bytes())
+    client.put_object(Bucket="images", Key="photos/notes.txt", Body=b"not an image")
+    client.put_object(Bucket="images", Key="elsewhere/x.png", Body=paths[0].read_bytes())
+    # A driver of its own (with its own local Ray), so that Ray's workers start with the S3 settings.
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **s3_env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    out = tmp_path / "out"
+
+    def run(source: str) -> subprocess.CompletedProcess:
+        command = icg_command(source, out, "--num-cpus", "2", "--json")  # type: ignore[arg-type]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=WAIT * 2)
+
+    done = run("s3://images/photos")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = by_key(read_rows(out))
+    assert {k: r["caption"] for k, r in rows.items()} == expected  # keys relative to the folder
+    assert {r["path"] for r in rows.values()} == {f"s3://images/photos/{k}" for k in expected}
+
+    again = run("s3://images/photos/")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    assert (summary["captioned"], summary["skipped"]) == (0, 3)
+
+    missing = run("s3://no-such-bucket/photos")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith(
+        "icg: error: input s3://no-such-bucket/photos: no such file or folder"
+    )
 
 
 # ------------------------------------------------------------------------------------- clusters and faults

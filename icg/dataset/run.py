@@ -437,7 +437,12 @@ def _run(
         ctx.enable_progress_bars = options.progress
         gpus = ray.cluster_resources().get("GPU", 0) > 0 and options.runtime.get("device") != "cpu"
         batch_size = options.batch_size or auto_batch_size("cuda" if gpus else "cpu")
-        ds, todo = source.dataset(ray, done, batch_size)
+        try:
+            ds, todo = source.dataset(ray, done, batch_size)
+        except FileNotFoundError as err:  # Ray lists a remote input here: a missing bucket or folder
+            raise ConfigError(f"input {options.input}: no such file or folder ({err})") from err
+        except (OSError, ValueError) as err:  # pyarrow's errors: credentials, permissions, endpoint
+            raise ConfigError(f"input {options.input}: cannot be read ({_last_line(err)})") from err
         if source.kind == "files":
             summary.found = len(source.items)
             summary.skipped = len(source.items) - todo

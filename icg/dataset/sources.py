@@ -11,7 +11,9 @@ image came from) and ``data`` (the encoded image bytes, or null when a CPU task 
 - parquet files with image bytes (``--bytes-column``; keys from ``--key-column``, default ``key``);
 - WebDataset ``.tar`` shards (a shard, a folder or a glob of them): one row per sample, keyed by its
   ``__key__`` (the member name up to the first dot of its base name), taking its first image member;
-- a remote folder or parquet (``s3://``, ``gs://``, ...): read by Ray Data and pyarrow.
+- a remote folder or parquet (``s3://``, ``gs://``, ...): read by Ray Data and pyarrow (credentials and
+  endpoints as pyarrow takes them: ``AWS_*`` variables, instance roles); a folder's keys are the paths
+  relative to it, as a local folder's are, and ``path`` is the full URI.
 
 Keys already in committed output shards (``done``) are dropped before anything is decoded.
 """
@@ -83,7 +85,9 @@ class Source:
         else:
             ds = ray.data.read_binary_files(
                 list(self.files), include_paths=True, file_extensions=[e.lstrip(".") for e in self.extensions]
-            ).map_batches(_from_binary, batch_format="pyarrow", fn_kwargs={"done": done})
+            ).map_batches(
+                _from_binary, batch_format="pyarrow", fn_kwargs={"done": done, "uri": self.files[0]}
+            )
         return ds, None
 
 
@@ -262,10 +266,31 @@ def _from_parquet(table, key: str, data: str, done: frozenset[str]):
     return _drop_done(out, done)
 
 
-def _from_binary(table, done: frozenset[str]):
+def remote_key(uri: str, path: str) -> tuple[str, str]:
+    """``(key, full URI)`` of a file Ray listed under the remote folder ``uri`` (Ray's paths have no
+    scheme: ``bucket/photos/a.jpg``): keys are relative to the folder, as a local folder's are, so a
+    folder captioned locally and from a bucket has the same keys; the file itself keys by its name."""
+    scheme, _, base = uri.partition("://")
+    base = base.rstrip("/")
+    full = f"{scheme}://{path}"
+    if path == base:
+        return path.rsplit("/", 1)[-1], full
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1 :], full
+    return path, full
+
+
+def _from_binary(table, done: frozenset[str], uri: str):
     import pyarrow as pa
 
-    out = pa.table({"key": table.column("path"), "path": table.column("path"), "data": table.column("bytes")})
+    pairs = [remote_key(uri, path) for path in table.column("path").to_pylist()]
+    out = pa.table(
+        {
+            "key": pa.array([key for key, _ in pairs], pa.string()),
+            "path": pa.array([full for _, full in pairs], pa.string()),
+            "data": table.column("bytes"),
+        }
+    )
     return _drop_done(out, done)
 
 
