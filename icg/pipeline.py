@@ -52,7 +52,7 @@ def caption_batch(
     with manager.session():
         captioner = manager.captioner(model)
         clip = manager.clip(captioner.clip_spec)
-        mark("models")
+        mark("models", modules=True)
         start = time.perf_counter()
         feats = clip.encode_images(images, batch_size=len(images), normalize=captioner.normalize)
         encode_time = (time.perf_counter() - start) / len(images)

@@ -40,12 +40,15 @@ def test_models_are_written_once_and_a_cold_start_is_split_into_phases(tmp_path,
     runs = {path: coldstart.cold_start(argv, path, work) for path in coldstart.PATHS}
     for marks in runs.values():
         assert marks["spawn"] < marks["cli"] < marks["models"] <= marks["stdout"]
-        assert len(marks["modules_at"]) == 2 and "torch" in marks["modules_at"][1]
+        assert set(marks["modules"]) == {"cli", "models", "printed"}
+        assert "torch" not in marks["modules"]["cli"] and "torch" in marks["modules"]["models"]
     assert runs["legacy"]["caption"] == runs["new"]["caption"]
     marks = runs["new"]
-    imports = coldstart.import_seconds(marks["modules_at"][0], marks["modules_at"][1], work)
+    imports = coldstart.run_imports(marks, work)
+    assert len(imports) == 2 and imports[0] > 0 and imports[1] >= 0
     phases = coldstart.split(marks, imports)
     assert set(phases) == {"total", "startup", "import", "load", "work"}
     assert all(v >= 0 for v in phases.values()) and phases["total"] >= phases["startup"] + phases["work"]
+    assert phases["import"] == sum(imports)
     table = {p: coldstart.split(runs[p], imports) for p in coldstart.PATHS}
     assert coldstart.side_by_side("caption", table).startswith("caption: total ")

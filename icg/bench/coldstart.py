@@ -11,16 +11,19 @@ Each measured run is a fresh ``python -m icg caption IMAGE --models-dir CACHE ..
 SBG) or a fresh process that builds the standalone app and calls its caption handler once, timed from
 the spawn to the first caption on its stdout. ``$ICG_PHASES`` (``icg.phases``) makes the process mark
 when the CLI started, when the models were ready and when the caption was printed, and list the modules
-it imported; importing those modules is then timed apart in another fresh process. Phases per run:
+imported by each mark; importing the modules new at each mark is then timed apart in another fresh
+process. Phases per run:
 
 - ``startup``: spawn -> the CLI's ``main`` (the interpreter and ``icg.cli``);
-- ``import``: importing what the command imported after that (timed apart);
-- ``load``: the CLI's start -> models ready, less ``import`` (reading and building the models);
-- ``work``: models ready -> caption printed (image decoding, CLIP, decoding);
+- ``import``: importing what the command imported after that (timed apart), while loading its models
+  and while captioning (SBG, for one, imports some of its code only when it first captions);
+- ``load``: the CLI's start -> models ready, less what was imported then (reading and building models);
+- ``work``: models ready -> caption printed, less what was imported then (image decoding, CLIP,
+  decoding);
 - ``total``: spawn -> caption printed.
 
-The app has ``build app`` (its imports, gradio's included, and building the Blocks) instead of
-``import``, and ``load`` from the built app to models ready.
+The app also has ``build app`` (its imports, gradio's included, and building the Blocks); its ``load``
+starts at the built app.
 
 Every path runs twice per repeat, today's loading (``ICG_LOAD_LEGACY=1``, ``icg.models.fastload``) and
 the new one, interleaved so both see the same machine; a first run of each command is not timed (it
@@ -60,7 +63,7 @@ image, model, runtime, tokens = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]
 manager = ModelManager(RuntimeConfig(**runtime))
 service = AppService(manager, models=[model], default_model=model)
 create_app(manager, models=[model], default_model=model, service=service)
-mark("app")
+mark("app", modules=True)
 print(service.caption(image, model, {"max_new_tokens": tokens}).caption, flush=True)
 mark("printed", modules=True)
 """
@@ -68,15 +71,18 @@ mark("printed", modules=True)
 _IMPORT_CHILD = """
 import importlib, json, sys, time, warnings
 warnings.simplefilter("ignore")
-names = json.load(open(sys.argv[1], encoding="utf-8"))
-start = time.perf_counter()
-for name in names:
-    if name not in sys.modules:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
-print(time.perf_counter() - start)
+groups = json.load(open(sys.argv[1], encoding="utf-8"))
+seconds = []
+for names in groups:
+    start = time.perf_counter()
+    for name in names:
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+    seconds.append(time.perf_counter() - start)
+print(json.dumps(seconds[1:]))
 """
 
 
@@ -250,22 +256,28 @@ def cold_start(argv: list[str], path: str, workdir: Path) -> dict[str, Any]:
     if proc.returncode != 0 or not first.strip():
         raise RuntimeError(f"cold start failed ({' '.join(argv[:5])} ...): {err.strip()[-2000:]}")
     marks: dict[str, Any] = {"spawn": start, "stdout": printed, "caption": first.strip()}
+    last = ""
     for line in phases.read_text(encoding="utf-8").splitlines():
         name, _, value = line.partition("\t")
-        if name == "modules":
-            marks.setdefault("modules_at", []).append(json.loads(value))
+        if name == "modules":  # the modules imported by the mark just before (its first time)
+            marks.setdefault("modules", {}).setdefault(last, json.loads(value))
         else:
             marks.setdefault(name, float(value))  # the first mark of each name
+            last = name
     return marks
 
 
-def import_seconds(before: list[str], after: list[str], workdir: Path) -> float:
-    """Seconds a fresh process takes to import, in their order, the modules in ``after`` but not in
-    ``before`` (what a command imported after its start)."""
-    seen = set(before)
-    names = [n for n in after if n not in seen and "__main__" not in n]
+def import_seconds(*snapshots: list[str], workdir: Path) -> list[float]:
+    """Seconds a fresh process takes to import what each snapshot of ``sys.modules`` (taken at the
+    marks, in order) adds to the ones before it: one figure per snapshot after the first, whose modules
+    are imported first and not timed (they are the startup's)."""
+    seen: set[str] = set()
+    groups = []
+    for snapshot in snapshots:
+        groups.append([n for n in snapshot if n not in seen and "__main__" not in n])
+        seen.update(snapshot)
     listing = workdir / "modules.json"
-    listing.write_text(json.dumps(names), encoding="utf-8")
+    listing.write_text(json.dumps(groups), encoding="utf-8")
     env = _env("new", workdir / "unused")
     env.pop("ICG_PHASES")
     out = subprocess.run(
@@ -275,20 +287,31 @@ def import_seconds(before: list[str], after: list[str], workdir: Path) -> float:
         env=env,
         check=True,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    return [float(x) for x in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-def split(marks: dict[str, Any], imports: float) -> dict[str, float]:
-    """The phases of one run (see the module docstring); ``app``: the app build, apart."""
+def run_imports(marks: dict[str, Any], workdir: Path) -> tuple[float, float]:
+    """``(before models ready, after)``: the import seconds (``import_seconds``) of what one run imported
+    while loading its models (from the CLI's start, or the built app) and while captioning."""
+    modules = marks["modules"]
+    start = "app" if "app" in modules else "cli"
+    load, work = import_seconds(modules[start], modules["models"], modules["printed"], workdir=workdir)
+    return load, work
+
+
+def split(marks: dict[str, Any], imports: tuple[float, float]) -> dict[str, float]:
+    """The phases of one run (see the module docstring); ``app``: the app build, apart. ``imports``:
+    ``run_imports``; they are taken out of ``load`` and ``work`` and shown as ``import``."""
+    load_imports, work_imports = imports
     rows = {"total": marks["stdout"] - marks["spawn"], "startup": marks["cli"] - marks["spawn"]}
     ready = marks["models"]
+    loading_from = marks["cli"]
     if "app" in marks:  # gradio and the app's own imports are in the build
         rows["build app"] = marks["app"] - marks["cli"]
-        rows["load"] = ready - marks["app"]
-    else:
-        rows["import"] = imports
-        rows["load"] = max(0.0, ready - marks["cli"] - imports)
-    rows["work"] = marks["stdout"] - ready
+        loading_from = marks["app"]
+    rows["import"] = load_imports + work_imports
+    rows["load"] = max(0.0, ready - loading_from - load_imports)
+    rows["work"] = max(0.0, marks["stdout"] - ready - work_imports)
     return rows
 
 
@@ -312,8 +335,7 @@ def bench_coldstart(ctx) -> dict[str, Any]:
                     runs[path].append(cold_start(argv, path, workdir))
             table: dict[str, dict[str, float]] = {}
             for path in PATHS:
-                first = runs[path][0]["modules_at"]
-                imports = 0.0 if name == "app" else import_seconds(first[0], first[-1], workdir)
+                imports = run_imports(runs[path][0], workdir)
                 splits = [split(m, imports) for m in runs[path]]
                 table[path] = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
                 for phase, seconds in table[path].items():
