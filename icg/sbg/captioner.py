@@ -54,7 +54,7 @@ from icg.options import CaptionOptions
 from icg.sbg.bank import LabelBank
 from icg.sbg.keywords import SEPARATOR, KeywordConfig, KeywordSelector
 from icg.sbg.vocab import Vocabulary
-from icg.text import CAPTION_STYLES, cut_caption, decode_tokens, finish_caption
+from icg.text import CAPTION_STYLES, cut_caption, decode_tokens, finish_caption, token_texts
 
 if TYPE_CHECKING:
     from icg.models.loading import ResolvedModel
@@ -393,10 +393,7 @@ class SbgCaptioner:
         ids: list[int] = []
         if cfg.stop:
             if cfg.stop not in self._stop_cache:
-                size = len(self.tokenizer)
-                pieces = self.tokenizer.batch_decode(
-                    [[i] for i in range(size)], clean_up_tokenization_spaces=False
-                )
+                pieces = token_texts(self.tokenizer)
                 self._stop_cache[cfg.stop] = tuple(i for i, p in enumerate(pieces) if cfg.stop in p)
             ids.extend(self._stop_cache[cfg.stop])
         if cfg.stop_at_eos and self.tokenizer.eos_token_id is not None:
