@@ -299,7 +299,23 @@ RUNTIME = OptionGroup(
     ),
 )
 
-GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH, RUNTIME)
+# ---------------------------------------------------------------------------------- import
+#: What an empty "trained on" answer means in a form: the files (or the registry) decide.
+AS_THE_FILES_SAY = "as the files say"
+
+IMPORT = OptionGroup(
+    "import",
+    "Import",
+    (
+        Option("clip", str, None, "the CLIP the model was trained on: ARCH/PRETRAINED (ViT-B-32/openai "
+               "for the original ClipCap checkpoints), a CLIP model id or folder (default: the model's "
+               "own, else ViT-L-14/openai)", "CLIP it was trained on", max_length=500, flag="--clip"),
+        Option("normalize", bool, None, "were the CLIP features L2-normalised in training? (default: "
+               "yes; the original ClipCap checkpoints: no)", "CLIP features normalised in training"),
+    ),
+)
+
+GROUPS = (DECODING, CAPTION, TEMPLATE, BATCH, RUNTIME, IMPORT)
 
 
 def check_values(group: OptionGroup, values: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:

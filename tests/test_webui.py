@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from icg.options import AS_THE_FILES_SAY, IMPORT
 from tests.gradio_errors import shown_error
 from tests.webui_support import (
     fake_webui,
@@ -785,9 +786,12 @@ def test_models_panel_opens_filled_and_imports_a_file(webui_env, own_models):
     assert "icg_import.py" in str(by_id(parts.blocks, "icg_models_help").value)
 
     on_import = handler(parts.blocks, models.import_button, models.status)
-    assert "Import: give the path" in shown_error(on_import, "", "my-prefix")
-    assert "no such file or folder" in shown_error(on_import, str(env.tmp / "nothing.pt"), "my-prefix")
-    status, table_value, choices = on_import(env.files["sbg_generator_dir"], "my-prefix")
+    as_the_files_say = (models.import_clip.value, models.import_normalize.value)  # the controls' values
+    assert as_the_files_say == ("", AS_THE_FILES_SAY)
+    assert "Import: give the path" in shown_error(on_import, "", "my-prefix", *as_the_files_say)
+    missing = str(env.tmp / "nothing.pt")
+    assert "no such file or folder" in shown_error(on_import, missing, "my-prefix", *as_the_files_say)
+    status, table_value, choices = on_import(env.files["sbg_generator_dir"], "my-prefix", *as_the_files_say)
     assert status.startswith("imported my-prefix (sbg)")
     assert (own_models.models_dir / "my-prefix").is_dir()
     assert "my-prefix" in str(table_value) and "my-prefix" in choices["choices"]
@@ -1016,17 +1020,19 @@ def test_models_panel_imports_an_upload(webui_env, own_models, tmp_path, monkeyp
     on_upload = handler(parts.blocks, models.upload_button, models.status)
     generator = sorted(Path(env.files["sbg_generator_dir"]).iterdir())
     uploads = [_upload_as(tmp_path, p, "gradio3") for p in generator]
-    status, table_value, choices = on_upload(uploads, "up-sbg")
+    status, table_value, choices = on_upload(uploads, "up-sbg", "", AS_THE_FILES_SAY)
     assert status.startswith("imported up-sbg (sbg)")
     assert "up-sbg" in str(table_value) and "up-sbg" in choices["choices"]
     installed = own_models.models_dir / "up-sbg"
     before = {p.name: p.stat().st_mtime_ns for p in installed.iterdir()}
 
     again = [_upload_as(tmp_path, p, "gradio4") for p in generator]
-    assert re.search("up-sbg already exists .*nothing was replaced", shown_error(on_upload, again, "up-sbg"))
+    refused = shown_error(on_upload, again, "up-sbg", "", AS_THE_FILES_SAY)
+    assert re.search("up-sbg already exists .*nothing was replaced", refused)
     assert {p.name: p.stat().st_mtime_ns for p in installed.iterdir()} == before
     labels = [_upload_as(tmp_path, env.files[k], "gradio4") for k in ("all_labels_pkl", "encyclopedia_pkl")]
-    assert on_upload(labels, "up-vocab")[0].startswith("imported up-vocab (sbg-vocabulary)")
+    status = on_upload(labels, "up-vocab", "", AS_THE_FILES_SAY)[0]
+    assert status.startswith("imported up-vocab (sbg-vocabulary)")
 
     (tmp_path / "photo.png").write_bytes(b"\x89PNG")
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -1037,10 +1043,54 @@ def test_models_panel_imports_an_upload(webui_env, own_models, tmp_path, monkeyp
         (again[:1] * 2, "two uploaded files have the same name"),
         (again, "give the model id"),
     ):
-        assert message in shown_error(on_upload, value, "" if message == "give the model id" else "other")
+        model_id = "" if message == "give the model id" else "other"
+        assert message in shown_error(on_upload, value, model_id, "", AS_THE_FILES_SAY)
     monkeypatch.setattr(panel, "MAX_UPLOAD_BYTES", 10)
-    assert "more than an upload may hold" in shown_error(on_upload, again, "other")
+    assert "more than an upload may hold" in shown_error(on_upload, again, "other", "", AS_THE_FILES_SAY)
     assert not (own_models.models_dir / "other").exists()
+
+
+def test_import_rows_take_the_clip_and_normalisation_it_was_trained_with(webui_env, own_models, tmp_path):
+    """A ClipCap checkpoint on another CLIP than ViT-L/14 (the original ones: ViT-B/32, raw features)
+    imports from the panel, as ``icg import --clip ... --no-normalize`` does; the rows render
+    ``icg.options.IMPORT``."""
+    import json
+
+    env = webui_env.start(own_models)
+    parts = env.adapter.tab.build_tab()
+    models = parts.models
+    assert models.import_clip.label == IMPORT["clip"].label
+    normalize_choices = [c[0] if isinstance(c, (list, tuple)) else c for c in models.import_normalize.choices]
+    assert normalize_choices == [AS_THE_FILES_SAY, "yes", "no"]
+    on_upload = handler(parts.blocks, models.upload_button, models.status)
+    on_import = handler(parts.blocks, models.import_button, models.status)
+    checkpoint = _upload_as(tmp_path, env.files["clip_prefix_pt"], "gradio4")
+    assert "--clip" in shown_error(on_upload, [checkpoint], "cap", "", AS_THE_FILES_SAY)  # 32-dim input
+    assert "normalize must be true or false" in shown_error(
+        on_upload, [checkpoint], "cap", env.files["clip_dir"], "maybe"
+    )
+    assert not (own_models.models_dir / "cap").exists()
+
+    status = on_upload([checkpoint], "cap", env.files["clip_dir"], "no")[0]
+    assert status.startswith("imported cap (clip-prefix)")
+    config = json.loads((own_models.models_dir / "cap" / "config.json").read_text())
+    assert config["normalize"] is False and config["clip"]["arch"] == "icg-tiny-clip"
+    status = on_import(env.files["clip_prefix_pt"], "cap2", f"  {env.files['clip_dir']} ", "yes")[0]
+    config = json.loads((own_models.models_dir / "cap2" / "config.json").read_text())
+    assert status.startswith("imported cap2") and config["normalize"] is True
+
+
+@pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
+def test_import_rows_name_no_clip_folder_under_hide_ui_dir_config(webui_env, own_models, tmp_path):
+    env = webui_env.start(own_models)
+    panel = env.adapter.models_panel
+    checkpoint = _upload_as(tmp_path, env.files["clip_prefix_pt"], "gradio4")
+    from icg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CLIP folders on the server cannot be named"):
+        panel.import_uploads(env.service, [checkpoint], "cap", env.files["clip_dir"], AS_THE_FILES_SAY)
+    assert panel.import_options("ViT-B-32/openai", "no") == {"clip": "ViT-B-32/openai", "normalize": False}
+    assert not (own_models.models_dir / "cap").exists()
 
 
 def test_model_lists_follow_the_models_folder(webui_env, own_models, files):

@@ -25,7 +25,7 @@ def option_type(option: Option):
 
 
 #: Metavars of the options whose type alone says too little.
-_METAVARS = {"seed": "SEED", "sidecar_extension": ".EXT", "template": "TEMPLATE"}
+_METAVARS = {"seed": "SEED", "sidecar_extension": ".EXT", "template": "TEMPLATE", "clip": "CLIP"}
 
 
 def option_metavar(option: Option) -> str | None:

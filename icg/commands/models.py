@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from icg.commands.common import add_models_dir
+from icg.commands.common import add_models_dir, add_options
+from icg.options import IMPORT
 
 
 def _positive_int(text: str) -> int:
@@ -55,17 +56,7 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="the model's file(s) or folder")
     p.add_argument("--as", dest="model_id", required=True, metavar="ID", help="the model id to install as")
     p.add_argument("--kind", choices=import_kinds(), help="what the files are (default: detected)")
-    p.add_argument(
-        "--clip",
-        metavar="CLIP",
-        help="the CLIP it was trained on: ARCH/PRETRAINED, a CLIP model id or folder",
-    )
-    p.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="were the CLIP features L2-normalised in training? (default: yes; the original ClipCap: no)",
-    )
+    add_options(p, IMPORT)
     p.add_argument(
         "--n-head", type=_positive_int, metavar="N", help="GPT-2 attention heads (default: width / 64)"
     )

@@ -395,7 +395,8 @@ def option_control(option: Option, value: Any, elem_id: str, empty: str | None =
     """The control of one ``icg.options`` option: its label, its help as info, a dropdown of its choices,
     a checkbox, a text box, or a slider with its bounds and step. ``empty``: what an empty control means
     (e.g. "model default"); such a number is a text box (a gradio 3 ``Number`` cannot be empty) that
-    states the bounds, and a choice gets ``MODEL_DEFAULT`` first. The handlers check every value with
+    states the bounds, a choice gets ``MODEL_DEFAULT`` first, and a yes/no question is a dropdown of
+    ``empty``, "yes" and "no". The handlers check every value with
     ``Option.check``."""
     import gradio as gr
 
@@ -405,6 +406,9 @@ def option_control(option: Option, value: Any, elem_id: str, empty: str | None =
         initial = value if value is not None else (MODEL_DEFAULT if empty else option.default)
         return gr.Dropdown(choices=choices, value=initial, info=option.help, **common)
     if option.type is bool:
+        if empty:  # three answers: left to the default (None), yes, no
+            initial = empty if value is None else ("yes" if value else "no")
+            return gr.Dropdown(choices=[empty, "yes", "no"], value=initial, info=option.help, **common)
         return gr.Checkbox(value=bool(option.default if value is None else value), info=option.help, **common)
     if option.type in (int, float) and empty is None and None not in (option.minimum, option.maximum):
         return gr.Slider(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icg.errors import ConfigError
+from icg.options import AS_THE_FILES_SAY, IMPORT
 from icg.webui import host
 from icg.webui.launcher import import_command
 from icg.webui.settings import model_choices
@@ -32,6 +33,8 @@ class ModelsPanel:
     import_button: Any
     upload: Any = None
     upload_button: Any = None
+    import_clip: Any = None
+    import_normalize: Any = None
 
 
 MODEL_HEADERS = ["model", "kind", "installed", "on disk", "missing files", "loaded", "source"]
@@ -94,9 +97,12 @@ def download_models(service: WebUIService, model: str, progress: Any = None) -> 
     return f"{model}: installed in {service.manager.models_dir}"
 
 
-def import_files(service: WebUIService, path: str, model_id: str) -> str:
+def import_files(
+    service: WebUIService, path: str, model_id: str, clip: Any = None, normalize: Any = None
+) -> str:
     """Import the file or folder at ``path`` as ``model_id`` into the WebUI's models folder (what
-    ``icg_import.py`` does from the command line); the status line."""
+    ``icg_import.py`` does from the command line); the status line. ``clip``/``normalize``: the
+    ``icg.options.IMPORT`` answers (``import_options``)."""
     if host.hide_dirs():
         raise ConfigError(
             "Import: paths on the server cannot be typed under --hide-ui-dir-config; "
@@ -107,7 +113,26 @@ def import_files(service: WebUIService, path: str, model_id: str) -> str:
         raise ConfigError("Import: give the path of the file or folder to import")
     if not Path(path).expanduser().exists():
         raise ConfigError(f"Import: {path}: no such file or folder")
-    return _install(service, [path], model_id)
+    return _install(service, [path], model_id, import_options(clip, normalize))
+
+
+def import_options(clip: Any, normalize: Any) -> dict[str, Any]:
+    """The Import rows' "trained on" answers as ``import_model`` keywords, checked by ``IMPORT``: an empty
+    CLIP box or ``AS_THE_FILES_SAY`` leaves it to the files. Under ``--hide-ui-dir-config`` a CLIP folder
+    on the server cannot be named (ARCH/PRETRAINED and model ids still can)."""
+    clip = (clip or "").strip() if isinstance(clip, str) else clip
+    values = {
+        "clip": clip or None,
+        "normalize": None if normalize in (None, "", AS_THE_FILES_SAY) else normalize,
+    }
+    options = IMPORT.check(values, "Import")
+    named = options.get("clip")
+    if named and host.hide_dirs() and Path(named).expanduser().is_dir():  # what --clip takes as a folder
+        raise ConfigError(
+            "Import: CLIP folders on the server cannot be named under --hide-ui-dir-config; "
+            "give ARCH/PRETRAINED or a CLIP model id"
+        )
+    return options
 
 
 #: The most an upload may hold in all: the largest model file ICG knows (CLIP ViT-L/14 in fp32, 1.7 GB)
@@ -123,7 +148,9 @@ def upload_suffixes() -> tuple[str, ...]:
     return tuple(dict.fromkeys((*STATE_SUFFIXES, ".json", ".pkl", ".txt")))
 
 
-def import_uploads(service: WebUIService, uploads: Any, model_id: str) -> str:
+def import_uploads(
+    service: WebUIService, uploads: Any, model_id: str, clip: Any = None, normalize: Any = None
+) -> str:
     """Import files uploaded through the panel (a ``gr.File`` value) as ``model_id``, through the same
     importer as ``icg import``; the status line. One file is imported as it is, several together as one
     folder (an SBG generator's config.json and model.safetensors, the vocabulary's two pickles). The
@@ -135,6 +162,7 @@ def import_uploads(service: WebUIService, uploads: Any, model_id: str) -> str:
     from icg.models.download import format_size
 
     model_id = _model_id(model_id)
+    options = import_options(clip, normalize)
     files = uploaded_files(uploads)
     if not files:
         raise ConfigError("Import: choose the file(s) to upload first")
@@ -164,7 +192,7 @@ def import_uploads(service: WebUIService, uploads: Any, model_id: str) -> str:
         for path, name in files:
             _link_or_copy(path, folder / name)
         sources = [folder / files[0][1]] if len(files) == 1 else [folder]
-        return _install(service, sources, model_id)
+        return _install(service, sources, model_id, options)
 
 
 def uploaded_files(value: Any) -> list[tuple[Path, str]]:
@@ -201,7 +229,9 @@ def _model_id(value: str | None) -> str:
     return model_id
 
 
-def _install(service: WebUIService, sources: list[Any], model_id: str) -> str:
+def _install(
+    service: WebUIService, sources: list[Any], model_id: str, options: dict[str, Any] | None = None
+) -> str:
     """``icg.models.importer.import_model`` into the service's models folder, never over a model."""
     from icg.models.importer import import_model
     from icg.models.paths import model_dir
@@ -212,7 +242,7 @@ def _install(service: WebUIService, sources: list[Any], model_id: str) -> str:
         raise ConfigError(
             f"Import: {model_id} already exists in {root}; choose another id (nothing was replaced)"
         )
-    result = import_model(sources, model_id, root)
+    result = import_model(sources, model_id, root, **(options or {}))
     return f"imported {result.id} ({result.kind}) -> {result.folder}; {result.details}"
 
 
@@ -249,7 +279,7 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
     import gradio as gr
 
     from icg.ui.handlers import listen
-    from icg.ui.panels import watch_models_folder
+    from icg.ui.panels import option_control, watch_models_folder
 
     with gr.Column(elem_id="icg_models_panel"):
         gr.Markdown(
@@ -295,6 +325,11 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
                 elem_id="icg_models_upload",
             )
             upload_button = gr.Button("Import upload", elem_id="icg_models_upload_import")
+        with gr.Row():  # for a model of your own (a registry id brings its own facts)
+            import_clip = option_control(IMPORT["clip"], None, "icg_models_import_clip", AS_THE_FILES_SAY)
+            import_normalize = option_control(
+                IMPORT["normalize"], None, "icg_models_import_normalize", AS_THE_FILES_SAY
+            )
         status = gr.Textbox(label="Status", interactive=False, elem_id="icg_models_status")
         watch_models_folder(model, service)  # a model added while the WebUI runs shows up in the list
 
@@ -306,12 +341,12 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
         message = download_models(service, model, progress)
         return message, models_table(service)
 
-    def on_import(path, model_id):
-        message = import_files(service, path, model_id)
+    def on_import(path, model_id, clip, normalize):
+        message = import_files(service, path, model_id, clip, normalize)
         return (message, *on_refresh())
 
-    def on_upload(uploads, model_id):
-        message = import_uploads(service, uploads, model_id)
+    def on_upload(uploads, model_id, clip, normalize):
+        message = import_uploads(service, uploads, model_id, clip, normalize)
         return (message, *on_refresh())
 
     def on_unload():
@@ -323,10 +358,11 @@ def build_models_panel(service: WebUIService, tab: Any = None) -> ModelsPanel:
         listen(tab.select, on_refresh, [], [models, model])
     listen(download.click, on_download, [model], [status, models])
     listen(unload.click, on_unload, [], [status, models])
-    listen(import_button.click, on_import, [import_path, import_id], [status, models, model])
-    listen(upload_button.click, on_upload, [upload, import_id], [status, models, model])
+    trained_on = [import_clip, import_normalize]
+    listen(import_button.click, on_import, [import_path, import_id, *trained_on], [status, models, model])
+    listen(upload_button.click, on_upload, [upload, import_id, *trained_on], [status, models, model])
     return ModelsPanel(
         models, model, refresh, download, unload, status, import_path, import_id, import_button,
-        upload, upload_button,
+        upload, upload_button, import_clip, import_normalize,
     )
 
