@@ -1065,7 +1065,9 @@ def test_import_rows_take_the_clip_and_normalisation_it_was_trained_with(webui_e
     on_upload = handler(parts.blocks, models.upload_button, models.status)
     on_import = handler(parts.blocks, models.import_button, models.status)
     checkpoint = _upload_as(tmp_path, env.files["clip_prefix_pt"], "gradio4")
-    assert "--clip" in shown_error(on_upload, [checkpoint], "cap", "", AS_THE_FILES_SAY)  # 32-dim input
+    refused = shown_error(on_upload, [checkpoint], "cap", "", AS_THE_FILES_SAY)  # a 32-dim mapper input
+    assert refused.startswith(f"{Path(env.files['clip_prefix_pt']).name}: the mapper takes 32-dim CLIP")
+    assert f'"{IMPORT["clip"].label}"' in refused and "--clip" not in refused  # the row's words
     assert "normalize must be true or false" in shown_error(
         on_upload, [checkpoint], "cap", env.files["clip_dir"], "maybe"
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icg.errors import ConfigError
+from icg.errors import ConfigError, IcgError
 from icg.options import AS_THE_FILES_SAY, IMPORT
 from icg.webui import host
 from icg.webui.launcher import import_command
@@ -192,7 +193,7 @@ def import_uploads(
         for path, name in files:
             _link_or_copy(path, folder / name)
         sources = [folder / files[0][1]] if len(files) == 1 else [folder]
-        return _install(service, sources, model_id, options)
+        return _install(service, sources, model_id, options, staging=folder)
 
 
 def uploaded_files(value: Any) -> list[tuple[Path, str]]:
@@ -230,7 +231,11 @@ def _model_id(value: str | None) -> str:
 
 
 def _install(
-    service: WebUIService, sources: list[Any], model_id: str, options: dict[str, Any] | None = None
+    service: WebUIService,
+    sources: list[Any],
+    model_id: str,
+    options: dict[str, Any] | None = None,
+    staging: Path | None = None,
 ) -> str:
     """``icg.models.importer.import_model`` into the service's models folder, never over a model."""
     from icg.models.importer import import_model
@@ -242,12 +247,24 @@ def _install(
         raise ConfigError(
             f"Import: {model_id} already exists in {root}; choose another id (nothing was replaced)"
         )
-    result = import_model(sources, model_id, root, **(options or {}))
+    try:
+        result = import_model(sources, model_id, root, **(options or {}))
+    except IcgError as err:
+        raise type(err)(in_panel_words(str(err), staging)) from None
     return f"imported {result.id} ({result.kind}) -> {result.folder}; {result.details}"
 
 
+def in_panel_words(message: str, staging: Path | None = None) -> str:
+    """The importer's message as the panel's user reads it: an uploaded file by its own name (not the
+    server's staging folder), ``icg import``'s ``--clip``/``--no-normalize`` as the Import row's fields."""
+    if staging is not None:
+        message = message.replace(f"{staging}{os.sep}", "").replace(str(staging), "the upload")
+    normalized = IMPORT["normalize"]
+    message = message.replace(f"--no-{normalized.name}", f'"{normalized.label}": no')
+    return message.replace(IMPORT["clip"].cli_flag, f'"{IMPORT["clip"].label}"')
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
-    import os
     import shutil
 
     try:
