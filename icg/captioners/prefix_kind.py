@@ -143,8 +143,8 @@ def convert_prefix_state(
         if mapper.clip_dim != 768:
             raise ConfigError(
                 f"{source}: the mapper takes {mapper.clip_dim}-dim CLIP features; name the CLIP it was "
-                "trained on with --clip ARCH/PRETRAINED (e.g. ViT-B-32/openai for the original ClipCap "
-                "checkpoints, which also need --no-normalize) or --clip FOLDER"
+                "trained on (--clip): ARCH/PRETRAINED, e.g. ViT-B-32/openai for the original ClipCap "
+                "checkpoints (whose features are also raw: --no-normalize), or a CLIP folder"
             )
         clip = dict(DEFAULT_CLIP)
     clip = full_clip(clip)
