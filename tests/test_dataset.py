@@ -173,6 +173,7 @@ def test_list_files_resolve_to_keys_and_paths(tmp_path):
         (lambda d: d / "nothing", {}, "no such file or folder"),
         (lambda d: (d / "list.csv").write_text("path2\nx\n") and d / "list.csv", {}, "no column 'path'"),
         (lambda d: d / "none-*.jpg", {}, "no files match"),
+        (lambda d: "s3://bucket/photos", {"recursive": False}, "--no-recursive applies to local folders"),
     ],
 )
 def test_bad_inputs_name_the_input(tmp_path, make, flags, message):

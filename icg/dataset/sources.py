@@ -106,6 +106,11 @@ def resolve(
     if not spec:
         raise ConfigError("no input given")
     if "://" in spec and not spec.startswith("file://"):
+        if not recursive:
+            raise ConfigError(
+                f"input {spec}: --no-recursive applies to local folders; Ray Data reads a remote folder "
+                "with everything under it"
+            )
         return _remote(spec, bytes_column, key_column, extensions)
     path = Path(spec.removeprefix("file://"))
     if any(c in GLOB_CHARS for c in spec):
