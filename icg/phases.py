@@ -15,6 +15,11 @@ import time
 ENV = "ICG_PHASES"
 
 
+#: The marks whose modules were listed already: a mark reached again (each batch of a folder) adds only
+#: its time, so the listing (about a thousand names) is written once per mark.
+_listed: set[str] = set()
+
+
 def mark(name: str, *, modules: bool = False) -> None:
     path = os.environ.get(ENV)
     if not path:
@@ -22,5 +27,6 @@ def mark(name: str, *, modules: bool = False) -> None:
     now = time.time()
     with open(path, "a", encoding="utf-8") as out:
         out.write(f"{name}\t{now:.6f}\n")
-        if modules:
+        if modules and name not in _listed:
+            _listed.add(name)
             out.write(f"modules\t{json.dumps(list(sys.modules))}\n")

@@ -52,3 +52,16 @@ def test_models_are_written_once_and_a_cold_start_is_split_into_phases(tmp_path,
     assert phases["import"] == sum(imports)
     table = {p: coldstart.split(runs[p], imports) for p in coldstart.PATHS}
     assert coldstart.side_by_side("caption", table).startswith("caption: total ")
+
+
+def test_a_mark_lists_the_modules_the_first_time_only(tmp_path, monkeypatch):
+    from icg import phases
+
+    out = tmp_path / "phases.txt"
+    monkeypatch.setenv(phases.ENV, str(out))
+    monkeypatch.setattr(phases, "_listed", set())
+    for _ in range(3):  # a folder's batches each reach the "models" mark
+        phases.mark("models", modules=True)
+    phases.mark("printed", modules=True)
+    names = [line.split("\t", 1)[0] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert names == ["models", "modules", "models", "models", "printed", "modules"]

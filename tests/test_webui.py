@@ -1082,6 +1082,17 @@ def test_import_rows_take_the_clip_and_normalisation_it_was_trained_with(webui_e
     assert status.startswith("imported cap2") and config["normalize"] is True
 
 
+def test_import_messages_speak_of_the_rows_fields_and_the_uploaded_files_names(tmp_path):
+    from icg.webui.models_panel import in_panel_words
+
+    clip, normalize = (f'"{IMPORT[name].label}"' for name in ("clip", "normalize"))
+    staging = tmp_path / "upload"
+    said = f"{staging / 'a.pt'}: give --clip X (with --no-normalize; or --normalize); nothing in {staging}"
+    assert in_panel_words(said, staging) == (
+        f"a.pt: give {clip} X (with {normalize}: no; or {normalize}: yes); nothing in the upload"
+    )
+
+
 @pytest.mark.parametrize("webui_env", [{"hide_ui_dir_config": True}], indirect=True)
 def test_import_rows_name_no_clip_folder_under_hide_ui_dir_config(webui_env, own_models, tmp_path):
     env = webui_env.start(own_models)

@@ -250,18 +250,27 @@ def _install(
     try:
         result = import_model(sources, model_id, root, **(options or {}))
     except IcgError as err:
-        raise type(err)(in_panel_words(str(err), staging)) from None
+        worded = in_panel_words(str(err), staging)
+        if worded == str(err):
+            raise
+        raise type(err)(worded) from None
     return f"imported {result.id} ({result.kind}) -> {result.folder}; {result.details}"
 
 
 def in_panel_words(message: str, staging: Path | None = None) -> str:
     """The importer's message as the panel's user reads it: an uploaded file by its own name (not the
-    server's staging folder), ``icg import``'s ``--clip``/``--no-normalize`` as the Import row's fields."""
+    server's staging folder), ``icg import``'s flags for the ``IMPORT`` options (``--clip``,
+    ``--no-normalize``) as the Import row's fields."""
     if staging is not None:
         message = message.replace(f"{staging}{os.sep}", "").replace(str(staging), "the upload")
-    normalized = IMPORT["normalize"]
-    message = message.replace(f"--no-{normalized.name}", f'"{normalized.label}": no')
-    return message.replace(IMPORT["clip"].cli_flag, f'"{IMPORT["clip"].label}"')
+    for option in IMPORT:
+        field = f'"{option.label}"'
+        if option.type is bool:  # argparse's --no-FLAG first: it contains --FLAG
+            message = message.replace(f"--no-{option.cli_flag[2:]}", f"{field}: no")
+            message = message.replace(option.cli_flag, f"{field}: yes")
+        else:
+            message = message.replace(option.cli_flag, field)
+    return message
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
