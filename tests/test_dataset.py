@@ -393,6 +393,27 @@ def test_s3_folder_captions_like_the_local_folder_and_resumes(tmp_path, referenc
     )
 
 
+@needs_ray
+@pytest.mark.slow
+def test_an_input_ray_cannot_list_is_one_line_naming_it(tmp_path, local_ray, monkeypatch, capsys):
+    """What pyarrow raises while Ray lists an input (credentials, permissions, an endpoint) is the
+    input's one-line error, not a traceback; nothing is written."""
+    from icg.dataset.sources import Source
+
+    def refuse(self, ray, done, block_rows=8):
+        raise OSError("When listing objects under key 'photos' in bucket 'b':\nAWS Error ACCESS_DENIED")
+
+    monkeypatch.setattr(Source, "dataset", refuse)
+    src = tmp_path / "src"
+    make_images(src, NAMES[:1])
+    out = tmp_path / "out"
+    assert dataset(src, out) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"icg: error: input {src}: cannot be read (AWS Error ACCESS_DENIED)"
+    )
+    assert committed_shards(out) == []
+
+
 # ------------------------------------------------------------------------------------- clusters and faults
 
 
